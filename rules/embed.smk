@@ -1,0 +1,135 @@
+# Stage 3b: copy-detection descriptors, embeddings and nearest-neighbour matching.
+
+
+def descriptor_kind(name):
+    return config["descriptors"][name]["kind"]
+
+
+def descriptor_model_of(name):
+    """The trained model folder a descriptor needs (copydetect), as named input."""
+    if descriptor_kind(name) == "copydetect":
+        return {"descriptor_model": f"{R}/descriptors/{name}/model"}
+    return {}
+
+
+def descriptor_model(wildcards):
+    return descriptor_model_of(wildcards.descriptor)
+
+
+def primary_descriptor_model(wildcards):
+    return descriptor_model_of(primary())
+
+
+rule train_copydetect:
+    input:
+        code("descriptors", "augment", "dataset", "images"),
+        cache=f"{R}/cache/train",
+    output:
+        model=directory(f"{R}/descriptors/{{descriptor}}/model"),
+        history=f"{R}/descriptors/{{descriptor}}/training_log.csv",
+    params:
+        settings=lambda wc: config["descriptors"][wc.descriptor],
+        holdout=config["match"]["calibration"],
+    log:
+        f"{R}/logs/train_copydetect_{{descriptor}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_copydetect_{{descriptor}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=gpus(),
+    script:
+        "../scripts/train_copydetect.py"
+
+
+rule calibrate_descriptor:
+    input:
+        code("descriptors", "augment", "dataset", "images", "metrics"),
+        unpack(descriptor_model),
+        cache=f"{R}/cache/train",
+    output:
+        f"{R}/descriptors/{{descriptor}}/calibration.json",
+    params:
+        settings=lambda wc: config["descriptors"][wc.descriptor],
+        holdout=config["match"]["calibration"],
+    log:
+        f"{R}/logs/calibrate_{{descriptor}}.log",
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    script:
+        "../scripts/calibrate_descriptor.py"
+
+
+rule embed_train:
+    input:
+        code("descriptors", "embeddings", "dataset", "images"),
+        unpack(descriptor_model),
+        images=f"{R}/cache/train",
+    output:
+        f"{R}/embeddings/{{descriptor}}/train.parquet",
+    params:
+        settings=lambda wc: config["descriptors"][wc.descriptor],
+        source="cache",
+    log:
+        f"{R}/logs/embed_{{descriptor}}_train.log",
+    benchmark:
+        f"{R}/benchmarks/embed_{{descriptor}}_train.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=gpus(),
+    script:
+        "../scripts/embed.py"
+
+
+rule embed_samples:
+    input:
+        code("descriptors", "embeddings", "images"),
+        unpack(descriptor_model),
+        images=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
+    output:
+        f"{R}/embeddings/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
+    params:
+        settings=lambda wc: config["descriptors"][wc.descriptor],
+        source="samples",
+    log:
+        f"{R}/logs/embed_{{descriptor}}_{{variant}}_{{mitigation}}.log",
+    benchmark:
+        f"{R}/benchmarks/embed_{{descriptor}}_{{variant}}_{{mitigation}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=gpus(),
+    script:
+        "../scripts/embed.py"
+
+
+rule match:
+    input:
+        code("replication", "neighbours", "embeddings", "dataset"),
+        samples=f"{R}/embeddings/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
+        sample_rows=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
+        train=f"{R}/embeddings/{{descriptor}}/train.parquet",
+        cache=f"{R}/cache/train",
+        prompts=f"{R}/prompts/prompts.parquet",
+        calibration=f"{R}/descriptors/{{descriptor}}/calibration.json",
+    output:
+        matches=f"{R}/matches/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
+        prompts=f"{R}/matches/{{descriptor}}/{{variant}}/{{mitigation}}_prompts.parquet",
+    params:
+        match=config["match"],
+    log:
+        f"{R}/logs/match_{{descriptor}}_{{variant}}_{{mitigation}}.log",
+    benchmark:
+        f"{R}/benchmarks/match_{{descriptor}}_{{variant}}_{{mitigation}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/match.py"

@@ -1,0 +1,21 @@
+import pyarrow.parquet as pq
+
+from mnemo.dataset import cache_images, read_cache
+from mnemo.descriptors import build_descriptor
+from mnemo.embeddings import Embeddings, write_embeddings
+from mnemo.images import decode_pngs
+from mnemo.workflow import device_of, job
+
+with job(snakemake) as log:
+    name = snakemake.wildcards.descriptor
+    if snakemake.params.source == "cache":
+        table = read_cache(snakemake.input.images, columns=["image_id", "image"])
+        ids, images = table.column("image_id").to_pylist(), cache_images(table)
+    else:
+        table = pq.read_table(snakemake.input.images, columns=["sample_id", "image"])
+        ids, images = table.column("sample_id").to_pylist(), decode_pngs(table.column("image").to_pylist())
+    descriptor = build_descriptor(name, snakemake.params.settings, snakemake.input.get("descriptor_model"),
+                                  device_of(snakemake))
+    vectors = descriptor.embed(images)
+    write_embeddings(Embeddings(ids, vectors, name, descriptor.recipe), snakemake.output[0])
+    log.info("embedded %d images with %s (%s), dim %d", len(ids), name, descriptor.recipe, vectors.shape[1])

@@ -1,0 +1,38 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mnemo.mitigate import build_mitigation
+from mnemo.model import DiffusionModel
+from mnemo.sample import generate, plan_requests, sample_seed, samples_table, sheet_of_samples
+from mnemo.workflow import device_of, job, write_parquet
+
+with job(snakemake) as log:
+    settings = snakemake.params.generate
+    variant, name = snakemake.wildcards.variant, snakemake.wildcards.mitigation
+    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device_of(snakemake))
+    prompts = pq.read_table(snakemake.input.prompts, columns=["prompt_id", "prompt"])
+    ids, texts = prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist()
+    n = settings["samples_per_prompt"]
+    extra = {}
+    if hasattr(snakemake.input, "neurons"):
+        extra["localized"] = [r for r in pq.read_table(snakemake.input.neurons).to_pylist() if r["mode"] != "sequential"]
+    if hasattr(snakemake.input, "scores"):
+        scores = pq.read_table(snakemake.input.scores).to_pylist()
+        extra["flagged"] = {r["prompt_id"] for r in scores if r["nemo_flagged"]}
+        reference = sorted(r["wen_first_n1"] for r in scores if r["reference"])
+        extra["reference_magnitude"] = reference[len(reference) // 2]
+    mitigation, info = build_mitigation(
+        name, snakemake.params.mitigation, model, blocks=snakemake.params.blocks, prompt_ids=ids, prompts=texts,
+        seeds=[[sample_seed(pid, i, settings["seed"]) for i in range(n)] for pid in ids], steps=settings["steps"],
+        **extra,
+    )
+    requests = plan_requests(ids, texts, n, snakemake.params.guidance, settings["seed"])
+    images, seconds = generate(model, requests, settings["steps"], settings["batch_size"], mitigation)
+    table = samples_table(requests, images, variant, name, settings["steps"])
+    write_parquet(table, snakemake.output.samples)
+    info_table = pa.Table.from_pylist([{"variant": variant, "mitigation": name, **r} for r in info]) if info \
+        else pa.table({"variant": pa.array([], pa.string()), "mitigation": pa.array([], pa.string()),
+                       "prompt_id": pa.array([], pa.string())})
+    write_parquet(info_table, snakemake.output.info)
+    sheet_of_samples(table).save(snakemake.output.sheet)
+    log.info("%d samples in %.1f s (%.2f images/s)", len(requests), sum(seconds), len(requests) / sum(seconds))

@@ -1,0 +1,24 @@
+import pyarrow.parquet as pq
+
+from mnemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
+from mnemo.model import DiffusionModel
+from mnemo.plots import plot_neuron_counts, plot_neurons_per_layer
+from mnemo.workflow import device_of, job, read_json, write_parquet
+
+with job(snakemake) as log:
+    settings = dict(snakemake.params.localize)
+    compare = settings.pop("compare_modes")
+    config = LocalizeConfig(**settings, seed=snakemake.params.seed, steps=snakemake.params.steps)
+    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device_of(snakemake))
+    prompts = pq.read_table(snakemake.input.prompts)
+    scores = pq.read_table(snakemake.input.scores, columns=["prompt_id", "nemo_flagged"]).to_pylist()
+    flagged = [r["prompt_id"] for r in scores if r["nemo_flagged"]]
+    tau = read_json(snakemake.input.threshold)["tau"]
+    log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)
+    layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info)
+    table = results_table(results, layers, tau)
+    write_parquet(table, snakemake.output.neurons)
+    write_parquet(reference_table(layers, stats), snakemake.output.reference)
+    primary = [r for r in results if r.mode == config.mode]
+    plot_neurons_per_layer(primary, layers, snakemake.output.layers_plot)
+    plot_neuron_counts(primary, snakemake.output.counts_plot)

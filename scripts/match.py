@@ -1,0 +1,24 @@
+import pyarrow.parquet as pq
+
+from mnemo.dataset import read_cache
+from mnemo.embeddings import read_embeddings
+from mnemo.replication import MatchConfig, diversity, match_samples, per_prompt, threshold_names
+from mnemo.workflow import device_of, job, read_json, write_parquet
+
+with job(snakemake) as log:
+    settings = snakemake.params.match
+    config = MatchConfig(top_k=settings["top_k"], thresholds=tuple(settings["thresholds"]),
+                         chunk_queries=settings["chunk_queries"], chunk_keys=settings["chunk_keys"])
+    samples = read_embeddings(snakemake.input.samples)
+    train = read_embeddings(snakemake.input.train)
+    rows = pq.read_table(snakemake.input.sample_rows, columns=["sample_id", "prompt_id", "guidance"])
+    cache = read_cache(snakemake.input.cache, columns=["image_id", "patient_id"])
+    patients = dict(zip(cache.column("image_id").to_pylist(), cache.column("patient_id").to_pylist(), strict=True))
+    prompts = pq.read_table(snakemake.input.prompts)
+    calibration = read_json(snakemake.input.calibration)
+    matches = match_samples(samples, rows, train, patients, prompts, config, device_of(snakemake))
+    write_parquet(matches, snakemake.output.matches)
+    thresholds = threshold_names(config.thresholds, calibration["threshold"])
+    write_parquet(per_prompt(matches, diversity(samples, rows), thresholds), snakemake.output.prompts)
+    log.info("matched %d samples against %d training images (thresholds %s)", len(samples.ids), len(train.ids),
+             thresholds)

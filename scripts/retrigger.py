@@ -1,0 +1,33 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mnemo.dataset import cache_images, read_cache
+from mnemo.descriptors import build_descriptor
+from mnemo.mitigate import value_layers
+from mnemo.model import DiffusionModel
+from mnemo.retrigger import RetriggerConfig, run_retrigger
+from mnemo.workflow import device_of, job, read_json, write_parquet
+
+with job(snakemake) as log:
+    settings = dict(snakemake.params.retrigger)
+    max_prompts = settings.pop("max_prompts")
+    config = RetriggerConfig(**settings, sampling_steps=snakemake.params.sampling_steps)
+    device = device_of(snakemake)
+    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device)
+    localized = [r for r in pq.read_table(snakemake.input.neurons).to_pylist() if r["mode"] != "sequential"]
+    prompts = pq.read_table(snakemake.input.prompts)
+    cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])
+    images = dict(zip(cache.column("image_id").to_pylist(), cache_images(cache), strict=True))
+    descriptor = build_descriptor(snakemake.config["match"]["primary"], snakemake.params.descriptor,
+                                  snakemake.input.get("descriptor_model"), device)
+    threshold = read_json(snakemake.input.calibration)["threshold"]
+    rows = run_retrigger(model, value_layers(model.unet, snakemake.params.blocks), localized, prompts, images,
+                         descriptor, threshold, config, max_prompts, log=log.info)
+    schema = pa.schema([
+        ("prompt_id", pa.string()), ("arm", pa.string()), ("target_prompt_id", pa.string()),
+        ("blocked_neurons", pa.int32()), ("similarity_before", pa.float64()), ("similarity_after", pa.float64()),
+        ("rate_above_before", pa.float64()), ("rate_above_after", pa.float64()), ("replicated_after", pa.bool_()),
+        ("threshold", pa.float64()), ("optimisation_steps", pa.int32()), ("final_loss", pa.float64()),
+        ("seconds", pa.float64()),
+    ])
+    write_parquet(pa.Table.from_pylist(rows, schema=schema), snakemake.output[0])

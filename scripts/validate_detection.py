@@ -1,0 +1,22 @@
+import pyarrow.parquet as pq
+
+from mnemo.dataset import read_cache
+from mnemo.plots import plot_detection_roc, plot_score_vs_similarity, top_bottom_grid
+from mnemo.validation import DETECTORS, detection_metrics, replication_by_prompt
+from mnemo.workflow import job, read_json, write_parquet
+
+with job(snakemake) as log:
+    variant = snakemake.wildcards.variant
+    scores = pq.read_table(snakemake.input.scores)
+    threshold = read_json(snakemake.input.calibration)["threshold"]
+    replication = replication_by_prompt(pq.read_table(snakemake.input.replication), threshold)
+    table = detection_metrics(scores, replication, variant)
+    write_parquet(table, snakemake.output.metrics)
+    for row in table.to_pylist():
+        log.info("%-15s vs %-10s AUC %.3f TPR@1%%FPR %.3f spearman %.3f", row["detector"], row["truth"], row["auc"],
+                 row["tpr_at_1pct_fpr"], row["spearman_vs_similarity"])
+    plot_detection_roc(scores, replication, DETECTORS, snakemake.output.roc, title=variant)
+    plot_score_vs_similarity(scores, replication, snakemake.params.grid_detector, threshold, snakemake.output.scatter)
+    cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])
+    top_bottom_grid(scores, pq.read_table(snakemake.input.samples), pq.read_table(snakemake.input.matches), cache,
+                    snakemake.params.grid_detector, snakemake.params.grid_prompts, snakemake.output.grid)

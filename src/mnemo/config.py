@@ -1,0 +1,145 @@
+"""Config validation: JSON schema (with defaults) plus the cross-field checks a schema cannot say.
+
+Errors name the key (`train.steps`) and what is expected, so a bad value stops the run before any
+job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message starts with the key."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _with_defaults(validator_class):
+    from jsonschema import validators
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _describe(error) -> str:
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # describe the branch the value was meant for: the one whose `kind`/type did match
+        branches: dict[int, list] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        meant = [errs for errs in branches.values()
+                 if not any(e.validator in ("const", "enum", "type") and len(e.relative_path) <= 1
+                            and (not e.relative_path or e.relative_path[0] == "kind") for e in errs)]
+        if len(meant) == 1:
+            return _describe(min(meant[0], key=lambda e: len(e.absolute_path)))
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = f"{key}." if error.absolute_path else ""
+        names = ", ".join(f"'{where}{e}'" for e in extra) or error.message
+        return f"unknown config key {names}; allowed here: {', '.join(allowed)}"
+    expected = error.schema.get("description")
+    hint = f" (expected: {expected})" if expected else ""
+    return f"config key '{key}': {error.message}{hint}"
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate(config: dict[str, Any], schema: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """Fill defaults in place and validate; raise ConfigError naming the first bad key."""
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(schema, Mapping):
+        schema = load_schema(schema)
+    validator = _with_defaults(Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    check(config)
+    return config
+
+
+def variant_train_config(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """Global `train` settings with the variant's overrides on top."""
+    merged = copy.deepcopy(dict(config["train"]))
+    merged.update(copy.deepcopy(config["variants"][variant].get("train", {})))
+    return merged
+
+
+def check(config: Mapping[str, Any]) -> None:
+    """Cross-field rules."""
+    model = config.get("model", {})
+    unet = model.get("unet", {})
+    blocks = unet.get("block_out_channels", [])
+    if blocks and len(unet.get("cross_attention", [])) != len(blocks):
+        raise ConfigError(
+            "config key 'model.unet.cross_attention': needs one flag per entry of "
+            f"model.unet.block_out_channels ({len(blocks)})"
+        )
+    groups = unet.get("norm_num_groups")
+    for width in blocks:
+        if groups and width % groups:
+            raise ConfigError(
+                f"config key 'model.unet.norm_num_groups': {groups} must divide every "
+                f"block_out_channels entry (got {width})"
+            )
+    resolution = config.get("dataset", {}).get("resolution")
+    if resolution and blocks:
+        factor = 2 ** (len(blocks) - 1)
+        if resolution % factor:
+            raise ConfigError(
+                f"config key 'dataset.resolution': {resolution} must be a multiple of {factor} for a "
+                f"UNet with {len(blocks)} blocks"
+            )
+    dataset = config.get("dataset", {})
+    if dataset.get("source") == "chexpert":
+        for key in ("csv", "image_root"):
+            if not dataset.get(key):
+                raise ConfigError(f"config key 'dataset.{key}': required when dataset.source is 'chexpert'")
+        if not Path(dataset["csv"]).is_file():
+            raise ConfigError(f"config key 'dataset.csv': file {dataset['csv']} does not exist")
+        if not Path(dataset["image_root"]).is_dir():
+            raise ConfigError(f"config key 'dataset.image_root': folder {dataset['image_root']} does not exist")
+    mitigations = config.get("mitigations", {})
+    for name, variant in config.get("variants", {}).items():
+        for mitigation in variant.get("mitigations", []):
+            if mitigation not in mitigations:
+                raise ConfigError(
+                    f"config key 'variants.{name}.mitigations': '{mitigation}' is not defined under "
+                    f"'mitigations' (defined: {', '.join(mitigations)})"
+                )
+    descriptors = config.get("descriptors", {})
+    primary = config.get("match", {}).get("primary")
+    if descriptors and primary not in descriptors:
+        raise ConfigError(
+            f"config key 'match.primary': '{primary}' is not defined under 'descriptors' "
+            f"(defined: {', '.join(descriptors)})"
+        )
+    for name, descriptor in descriptors.items():
+        if descriptor.get("kind") == "sscd":
+            weights = descriptor.get("weights")
+            if not weights or not Path(weights).is_file():
+                raise ConfigError(
+                    f"config key 'descriptors.{name}.weights': SSCD TorchScript file {weights!r} not found; "
+                    "download e.g. sscd_disc_mixup.torchscript.pt from "
+                    "github.com/facebookresearch/sscd-copy-detection and give its path"
+                )

@@ -1,0 +1,461 @@
+"""CheXpert-style datasets (CSV + DICOM/JPEG/PNG) -> Parquet shards at the training resolution.
+
+The cache is the only thing later stages read: images are windowed, resized and stored as PNG
+bytes next to labels, demographics, the conditioning prompt and salted patient pseudonyms. Every
+input problem is reported with the file (and CSV row) it came from; bad images either stop the
+run or are listed in a rejected file and counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from mnemo import chexpert
+from mnemo.images import decode_pngs, encode_png
+from mnemo.privacy import content_hash, pseudonym
+from mnemo.prompts import prompt_text
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+class DatasetError(ValueError):
+    """A problem with the dataset as a whole or one CSV row (always fatal)."""
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be read; carries the file so the message can name it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class CacheConfig:
+    resolution: int = 32
+    uncertainty: str = "ones"
+    frontal_only: bool = False
+    max_images: int | None = None
+    on_bad_image: str = "fail"
+    shard_rows: int = 8192
+    chunk_rows: int = 128
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in chexpert.UNCERTAINTY_POLICIES:
+            raise ValueError(
+                f"dataset.uncertainty={self.uncertainty!r}; expected one of {chexpert.UNCERTAINTY_POLICIES}"
+            )
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"dataset.on_bad_image={self.on_bad_image!r}; expected one of {BAD_IMAGE_POLICIES}")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One CSV row, validated. `row` is the 1-based line number in the CSV (header = line 1)."""
+
+    row: int
+    path: str
+    file: Path
+    patient: str
+    study: int
+    sex: str
+    age: int | None
+    frontal_lateral: str
+    ap_pa: str | None
+    labels: dict[str, float] = field(hash=False)
+
+
+@dataclass
+class CacheSummary:
+    csv: str
+    rows_in_csv: int
+    rows_selected: int
+    images_cached: int
+    images_rejected: int
+    patients: int
+    seconds: float
+    images_per_second: float
+    resolution: int
+    uncertainty: str
+    shards: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------------
+
+_STUDY_RE = re.compile(r"^study(\d+)$")
+
+
+def _parse_age(raw: str, where: str) -> int | None:
+    text = (raw or "").strip()
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetError(f"{where}: Age {raw!r} is not a number") from None
+    if math.isnan(value) or not 0 <= value <= 130:
+        raise DatasetError(f"{where}: Age {raw!r} is outside 0-130")
+    return int(value)
+
+
+def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
+    """Parse and validate a CheXpert CSV. Paths must stay inside `image_root`."""
+    csv_path = Path(csv_path)
+    root = Path(image_root).resolve()
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: CSV file not found")
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in chexpert.CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{csv_path}: missing CheXpert column(s) {', '.join(missing)}")
+        records = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path}:{line}"
+            raw_path = (row["Path"] or "").strip()
+            if not raw_path:
+                raise DatasetError(f"{where}: empty Path")
+            file = (root / raw_path).resolve()
+            if Path(raw_path).is_absolute() or not file.is_relative_to(root):
+                raise DatasetError(f"{where}: Path {raw_path!r} escapes the dataset root {root}")
+            parts = Path(raw_path).parts
+            if len(parts) < 3 or not _STUDY_RE.match(parts[-2]):
+                raise DatasetError(
+                    f"{where}: Path {raw_path!r} is not in the CheXpert layout .../patientX/studyN/viewM.ext"
+                )
+            labels = {}
+            for observation in chexpert.OBSERVATIONS:
+                try:
+                    labels[observation] = chexpert.parse_label(row[observation])
+                except ValueError as error:
+                    raise DatasetError(f"{where}: column {observation!r}: {error}") from None
+            frontal_lateral = (row["Frontal/Lateral"] or "").strip()
+            if frontal_lateral not in ("Frontal", "Lateral"):
+                raise DatasetError(f"{where}: Frontal/Lateral {frontal_lateral!r} is not Frontal or Lateral")
+            records.append(
+                StudyRecord(
+                    row=line,
+                    path=raw_path,
+                    file=file,
+                    patient=parts[-3],
+                    study=int(_STUDY_RE.match(parts[-2]).group(1)),
+                    sex=(row["Sex"] or "").strip(),
+                    age=_parse_age(row["Age"], where),
+                    frontal_lateral=frontal_lateral,
+                    ap_pa=(row["AP/PA"] or "").strip() or None,
+                    labels=labels,
+                )
+            )
+    if not records:
+        raise DatasetError(f"{csv_path}: the CSV lists no images")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+def _dicom_to_unit(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:  # pydicom raises many types for broken files
+        raise BadImageError(path, f"unreadable DICOM ({type(error).__name__}: {error})") from None
+    if "PixelData" not in ds:
+        raise BadImageError(path, "DICOM has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as error:
+        raise BadImageError(path, f"DICOM pixel data cannot be decoded ({type(error).__name__}: {error})") from None
+    if raw.ndim != 2:
+        raise BadImageError(path, f"expected one grey frame, got pixel array of shape {raw.shape}")
+    values = apply_modality_lut(raw, ds).astype(np.float64)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        windowed = apply_voi_lut(values, ds, prefer_lut=True)
+        low, high = apply_voi_lut(np.array([-1e12, 1e12]), ds, prefer_lut=True)
+    else:  # no VOI: robust range of this image
+        windowed = values
+        low, high = np.percentile(values, [0.5, 99.5])
+    if not high > low:
+        raise BadImageError(path, "image has no contrast (empty window)")
+    unit = np.clip((windowed - low) / (high - low), 0.0, 1.0)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit.astype(np.float32)
+
+
+def _bitmap_to_unit(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            grey = image.convert("I;16") if image.mode.startswith("I") else image.convert("L")
+            array = np.asarray(grey, dtype=np.float32)
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not a readable JPEG/PNG image") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(path, f"image cannot be decoded ({type(error).__name__}: {error})") from None
+    scale = 65535.0 if array.max(initial=0) > 255 else 255.0
+    return array / scale
+
+
+def _is_dicom(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Any supported file -> float32 (H, W) in [0, 1], bright = dense (MONOCHROME2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "file is empty")
+    if _is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
+        return _dicom_to_unit(path)
+    return _bitmap_to_unit(path)
+
+
+def resize_square(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Centre-crop to a square, resize with antialiasing, quantise to uint8 (H, W)."""
+    height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = torch.from_numpy(np.ascontiguousarray(image[top : top + side, left : left + side]))
+    resized = F.interpolate(
+        square[None, None], size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+    )[0, 0]
+    return (resized.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _preprocess_chunk(args: tuple[list[tuple[int, str]], int]) -> list[tuple[int, bytes | None, str, str]]:
+    """Worker: (row, file) pairs -> (row, png, content hash or '', error or '')."""
+    items, resolution = args
+    torch.set_num_threads(1)
+    out = []
+    for row, file in items:
+        try:
+            pixels = resize_square(load_image(file), resolution)
+        except BadImageError as error:
+            out.append((row, None, "", error.reason))
+            continue
+        except Exception as error:  # keep the file in the message whatever broke
+            out.append((row, None, "", f"{type(error).__name__}: {error}"))
+            continue
+        out.append((row, encode_png(pixels), content_hash(pixels.tobytes()), ""))
+    return out
+
+
+def _bounded_map(executor: Executor | None, fn: Callable, tasks: Iterable, in_flight: int) -> Iterator:
+    """Ordered map that keeps at most `in_flight` tasks queued (bounded memory)."""
+    if executor is None:
+        yield from map(fn, tasks)
+        return
+    pending: deque[Future] = deque()
+    for task in tasks:
+        pending.append(executor.submit(fn, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+def cache_schema() -> pa.Schema:
+    fields = [
+        pa.field("image_id", pa.string()),
+        pa.field("patient_id", pa.string()),
+        pa.field("study", pa.int32()),
+        pa.field("view", pa.string()),
+        pa.field("projection", pa.string()),
+        pa.field("sex", pa.string()),
+        pa.field("age", pa.int16()),
+    ]
+    fields += [pa.field(c, pa.float32()) for c in chexpert.LABEL_COLUMNS]
+    fields += [
+        pa.field("prompt", pa.string()),
+        pa.field("content_hash", pa.string()),
+        pa.field("source_format", pa.string()),
+        pa.field("image", pa.binary()),
+    ]
+    return pa.schema(fields)
+
+
+def select_records(records: list[StudyRecord], config: CacheConfig) -> list[StudyRecord]:
+    chosen = [r for r in records if not config.frontal_only or r.frontal_lateral == "Frontal"]
+    if config.max_images is not None:
+        chosen = chosen[: config.max_images]
+    return chosen
+
+
+def _row_values(record: StudyRecord, salt: bytes, policy: str) -> dict:
+    targets = {
+        chexpert.column_name(o): chexpert.apply_uncertainty(record.labels[o], policy)
+        for o in chexpert.OBSERVATIONS
+    }
+    suffix = record.file.suffix.lower().lstrip(".")
+    return {
+        "image_id": pseudonym(record.path, salt, "img-"),
+        "patient_id": pseudonym(record.patient, salt, "pat-"),
+        "study": record.study,
+        "view": record.frontal_lateral.lower(),
+        "projection": record.ap_pa if record.frontal_lateral == "Frontal" else None,
+        "sex": record.sex,
+        "age": record.age,
+        **targets,
+        "prompt": prompt_text(record.frontal_lateral, record.ap_pa, record.sex, record.age, record.labels, policy),
+        "source_format": "dicom" if suffix in ("dcm", "dicom", "") else suffix,
+    }
+
+
+def build_cache(
+    csv_path: str | Path,
+    image_root: str | Path,
+    out_dir: str | Path,
+    config: CacheConfig,
+    salt: bytes,
+    rejected_csv: str | Path | None = None,
+    progress: bool = True,
+) -> CacheSummary:
+    """Stream a CheXpert CSV into Parquet shards `out_dir/part-NNNNN.parquet`.
+
+    Work is split into chunks decoded by `config.workers` processes while the parent writes
+    shards, so memory stays bounded by (workers x chunk) images whatever the dataset size.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    records = read_csv(csv_path, image_root)
+    selected = select_records(records, config)
+    if not selected:
+        raise DatasetError(f"{csv_path}: no image left after frontal_only/max_images selection")
+    by_row = {r.row: r for r in selected}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("part-*.parquet"):
+        stale.unlink()
+    schema = cache_schema().with_metadata(
+        {"mnemo.resolution": str(config.resolution), "mnemo.uncertainty": config.uncertainty}
+    )
+
+    chunks = [
+        ([(r.row, str(r.file)) for r in selected[i : i + config.chunk_rows]], config.resolution)
+        for i in range(0, len(selected), config.chunk_rows)
+    ]
+    rejected: list[tuple[str, int, str]] = []
+    buffer: list[dict] = []
+    shards: list[str] = []
+    cached = 0
+    patients: set[str] = set()
+
+    def flush() -> None:
+        if not buffer:
+            return
+        path = out / f"part-{len(shards):05d}.parquet"
+        table = pa.Table.from_pylist(buffer, schema=schema)
+        pq.write_table(table, path, compression="zstd")
+        shards.append(path.name)
+        buffer.clear()
+
+    executor = ProcessPoolExecutor(config.workers) if config.workers > 1 else None
+    try:
+        bar = tqdm(total=len(selected), desc="cache", unit="img", disable=not progress, mininterval=2)
+        for results in _bounded_map(executor, _preprocess_chunk, chunks, 2 * max(config.workers, 1)):
+            for row, png, digest, reason in results:
+                record = by_row[row]
+                if png is None:
+                    if config.on_bad_image == "fail":
+                        raise BadImageError(record.file, f"{reason} (CSV {csv_path} line {row})")
+                    rejected.append((record.path, row, reason))
+                    continue
+                values = _row_values(record, salt, config.uncertainty)
+                values.update(image=png, content_hash=digest)
+                buffer.append(values)
+                patients.add(values["patient_id"])
+                cached += 1
+                if len(buffer) >= config.shard_rows:
+                    flush()
+            bar.update(len(results))
+        bar.close()
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    flush()
+    if cached == 0:
+        raise DatasetError(f"{csv_path}: every image was rejected ({len(rejected)}); see the reasons above")
+
+    if rejected_csv is not None:
+        with Path(rejected_csv).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["Path", "csv_line", "reason"])
+            writer.writerows(rejected)
+    seconds = time.perf_counter() - start
+    return CacheSummary(
+        csv=str(csv_path),
+        rows_in_csv=len(records),
+        rows_selected=len(selected),
+        images_cached=cached,
+        images_rejected=len(rejected),
+        patients=len(patients),
+        seconds=round(seconds, 3),
+        images_per_second=round(len(selected) / seconds, 2),
+        resolution=config.resolution,
+        uncertainty=config.uncertainty,
+        shards=shards,
+    )
+
+
+def write_summary(summary: CacheSummary, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the cache back
+# ---------------------------------------------------------------------------------------------
+
+def read_cache(cache_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards of a cache as one Arrow table (rows in CSV order)."""
+    paths = sorted(Path(cache_dir).glob("part-*.parquet"))
+    if not paths:
+        raise DatasetError(f"{cache_dir}: no part-*.parquet shards (run the cache_dataset rule first)")
+    return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
+
+
+def cache_images(table: pa.Table) -> torch.Tensor:
+    """The `image` column -> uint8 tensor (N, 1, H, W)."""
+    return decode_pngs(table.column("image").to_pylist())
+
+
+def patient_holdout(patient_ids: list[str], fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask of rows whose patient is held out: whole patients, a fixed fraction, seeded."""
+    unique = sorted(set(patient_ids))
+    rng = np.random.default_rng(seed)
+    count = max(1, round(fraction * len(unique))) if fraction > 0 else 0
+    held = set(rng.choice(unique, size=min(count, len(unique)), replace=False).tolist()) if count else set()
+    return np.array([p in held for p in patient_ids], dtype=bool)

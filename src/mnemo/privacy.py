@@ -1,0 +1,43 @@
+"""Pseudonymisation: patient identifiers become salted hashes before they reach any output.
+
+The salt lives in its own file outside `results/` (default `.mnemo-salt`, mode 0600) and is never
+copied next to the hashes, so a leaked cache or table cannot be joined back to patient ids by
+hashing candidate ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+SALT_BYTES = 32
+
+
+def load_salt(path: str | Path, create: bool = True) -> bytes:
+    """Read the salt, creating a random one (0600) on first use when `create` is set."""
+    salt_path = Path(path)
+    if not salt_path.exists():
+        if not create:
+            raise FileNotFoundError(f"salt file {salt_path} does not exist")
+        salt_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(salt_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(SALT_BYTES) + "\n")
+    text = salt_path.read_text().strip()
+    if len(text) < 16:
+        raise ValueError(f"salt file {salt_path} holds fewer than 16 characters")
+    return text.encode()
+
+
+def pseudonym(value: str, salt: bytes, prefix: str = "") -> str:
+    """Keyed hash (HMAC-SHA256, 16 hex digits) of an identifier; stable for one salt."""
+    digest = hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:16]
+    return f"{prefix}{digest}"
+
+
+def content_hash(data: bytes) -> str:
+    """Unkeyed hash of pixel content: equal images (planted duplicates) share it."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()

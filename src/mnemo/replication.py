@@ -1,0 +1,153 @@
+"""Measured replication: each sample's nearest training image, and per-prompt summaries.
+
+On X-rays memorization is about patients as much as pixels, so next to the similarity of the
+nearest training image we record whether that image belongs to one of the patients behind the
+prompt's own training images (patient-level leakage), and the similarity to the prompt's own
+source images (for planted prompts: the planted study).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import torch
+
+from mnemo.embeddings import Embeddings
+from mnemo.neighbours import topk_cosine
+
+
+@dataclass
+class MatchConfig:
+    top_k: int = 5
+    thresholds: tuple[float, ...] = (0.5, 0.7)
+    chunk_queries: int = 4096
+    chunk_keys: int = 65536
+
+
+def match_samples(samples: Embeddings, sample_rows: pa.Table, train: Embeddings, train_patients: dict[str, str],
+                  prompts: pa.Table, config: MatchConfig, device: str | torch.device = "cpu") -> pa.Table:
+    """One row per sample: nearest training image, similarity, leakage flag, source similarity."""
+    sims, idx = topk_cosine(samples.vectors, train.vectors, config.top_k, config.chunk_queries,
+                            config.chunk_keys, device)
+    prompt_of = dict(zip(sample_rows.column("sample_id").to_pylist(), sample_rows.column("prompt_id").to_pylist(),
+                         strict=True))
+    guidance_of = dict(zip(sample_rows.column("sample_id").to_pylist(),
+                           sample_rows.column("guidance").to_pylist(), strict=True))
+    info = {r["prompt_id"]: r for r in prompts.select(
+        ["prompt_id", "group", "train_patient_ids", "source_image_ids"]).to_pylist()}
+    train_index = {image_id: i for i, image_id in enumerate(train.ids)}
+
+    # similarity of each sample to its prompt's own source images, batched per prompt
+    source_sim = torch.full((len(samples.ids),), float("nan"))
+    rows_of_prompt: dict[str, list[int]] = {}
+    for row, sample_id in enumerate(samples.ids):
+        rows_of_prompt.setdefault(prompt_of[sample_id], []).append(row)
+    for prompt_id, rows in rows_of_prompt.items():
+        sources = [train_index[i] for i in info[prompt_id]["source_image_ids"] if i in train_index]
+        if sources:
+            block = samples.vectors[rows] @ train.vectors[sources].T
+            source_sim[rows] = block.max(dim=1).values
+
+    out = []
+    for row, sample_id in enumerate(samples.ids):
+        prompt_id = prompt_of[sample_id]
+        nn_ids = [train.ids[j] for j in idx[row].tolist()]
+        nn_patient = train_patients[nn_ids[0]]
+        source = float(source_sim[row])
+        out.append({
+            "sample_id": sample_id,
+            "prompt_id": prompt_id,
+            "group": info[prompt_id]["group"],
+            "guidance": guidance_of[sample_id],
+            "nn_image_id": nn_ids[0],
+            "nn_similarity": float(sims[row, 0]),
+            "nn_same_patient": nn_patient in set(info[prompt_id]["train_patient_ids"]),
+            "source_similarity": None if source != source else source,
+            "topk_image_ids": nn_ids,
+            "topk_similarities": sims[row].tolist(),
+            "descriptor": samples.descriptor,
+            "recipe": samples.recipe,
+        })
+    return pa.Table.from_pylist(out, schema=match_schema())
+
+
+def match_schema() -> pa.Schema:
+    return pa.schema([
+        pa.field("sample_id", pa.string()),
+        pa.field("prompt_id", pa.string()),
+        pa.field("group", pa.string()),
+        pa.field("guidance", pa.float32()),
+        pa.field("nn_image_id", pa.string()),
+        pa.field("nn_similarity", pa.float32()),
+        pa.field("nn_same_patient", pa.bool_()),
+        pa.field("source_similarity", pa.float32()),
+        pa.field("topk_image_ids", pa.list_(pa.string())),
+        pa.field("topk_similarities", pa.list_(pa.float32())),
+        pa.field("descriptor", pa.string()),
+        pa.field("recipe", pa.string()),
+    ])
+
+
+def diversity(samples: Embeddings, sample_rows: pa.Table) -> pa.Table:
+    """Median pairwise similarity among each (prompt, guidance)'s samples (lower = more diverse)."""
+    keys = {}
+    for sample_id, prompt_id, guidance in zip(sample_rows.column("sample_id").to_pylist(),
+                                              sample_rows.column("prompt_id").to_pylist(),
+                                              sample_rows.column("guidance").to_pylist(), strict=True):
+        keys[sample_id] = (prompt_id, guidance)
+    groups: dict[tuple[str, float], list[int]] = {}
+    for row, sample_id in enumerate(samples.ids):
+        groups.setdefault(keys[sample_id], []).append(row)
+    out = []
+    for (prompt_id, guidance), rows in sorted(groups.items()):
+        if len(rows) < 2:
+            value = None
+        else:
+            v = samples.vectors[rows]
+            upper = torch.triu_indices(len(rows), len(rows), offset=1)
+            value = float((v @ v.T)[upper[0], upper[1]].quantile(0.5))
+        out.append({"prompt_id": prompt_id, "guidance": guidance, "diversity": value})
+    return pa.Table.from_pylist(out, schema=pa.schema([
+        pa.field("prompt_id", pa.string()), pa.field("guidance", pa.float32()), pa.field("diversity", pa.float32()),
+    ]))
+
+
+def threshold_names(thresholds: Sequence[float], calibrated: float | None) -> dict[str, float]:
+    """Column suffix -> threshold: '0_5' for 0.5, ..., 'calibrated' for the descriptor's own."""
+    names = {str(t).replace(".", "_"): float(t) for t in thresholds}
+    if calibrated is not None:
+        names["calibrated"] = float(calibrated)
+    return names
+
+
+def per_prompt(matches: pa.Table, diversity_table: pa.Table, thresholds: dict[str, float]) -> pa.Table:
+    """Per (prompt, guidance): max/median similarity, replication rates, leakage, diversity."""
+    rates = ",\n".join(
+        f"avg(CAST(m.nn_similarity > {value!r} AS DOUBLE)) AS replication_rate_{name}"
+        for name, value in thresholds.items()
+    )
+    con = duckdb.connect()
+    con.register("matches", matches)
+    con.register("diversity", diversity_table)
+    table = con.execute(f"""
+        SELECT m.prompt_id, any_value(m.group) AS "group", m.guidance,
+               count(*) AS samples,
+               max(m.nn_similarity) AS max_similarity,
+               median(m.nn_similarity) AS median_similarity,
+               max(m.source_similarity) AS max_source_similarity,
+               median(m.source_similarity) AS median_source_similarity,
+               {rates},
+               {", ".join(f"{value!r} AS threshold_{name}" for name, value in thresholds.items())},
+               avg(CAST(m.nn_same_patient AS DOUBLE)) AS same_patient_rate,
+               any_value(d.diversity) AS diversity,
+               any_value(m.descriptor) AS descriptor,
+               any_value(m.recipe) AS recipe
+        FROM matches m LEFT JOIN diversity d USING (prompt_id, guidance)
+        GROUP BY m.prompt_id, m.guidance
+        ORDER BY m.prompt_id, m.guidance
+    """).to_arrow_table()
+    con.close()
+    return table

@@ -1,0 +1,25 @@
+-- NeMo neurons per localized prompt (median and MAD over prompts), success rate, and the cost
+-- of the search per prompt for each mode (batched masks vs one candidate per UNet call).
+WITH per_prompt AS (
+    SELECT n.variant, n.mode, n.prompt_id, p."group", n.success, n.refined_count, n.initial_count,
+           n.unet_calls, n.seconds
+    FROM neurons n JOIN prompts p USING (prompt_id)
+    WHERE n.memorized
+), med AS (
+    SELECT variant, mode, median(refined_count) AS m_refined, median(initial_count) AS m_initial
+    FROM per_prompt GROUP BY ALL
+)
+SELECT p.variant, p.mode,
+       count(*)                                        AS prompts,
+       count(*) FILTER (WHERE p."group" = 'planted')   AS planted_prompts,
+       avg(CAST(p.success AS DOUBLE))                  AS success_rate,
+       any_value(m.m_refined)                          AS median_neurons,
+       median(abs(p.refined_count - m.m_refined))      AS mad_neurons,
+       any_value(m.m_initial)                          AS median_initial_neurons,
+       median(p.unet_calls)                            AS median_unet_calls,
+       avg(p.unet_calls)                               AS mean_unet_calls,
+       median(p.seconds)                               AS median_seconds,
+       avg(p.seconds)                                  AS mean_seconds
+FROM per_prompt p JOIN med m USING (variant, mode)
+GROUP BY p.variant, p.mode
+ORDER BY p.variant, p.mode

@@ -1,0 +1,27 @@
+-- Effect of each mitigation on planted (memorized) prompts and on the other prompts, at the
+-- primary descriptor's calibrated threshold: prompts with no replicated sample, replication
+-- rate, similarity; plus similarity of each sample to its unmitigated twin (same seed).
+WITH twins AS (
+    SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
+           array_cosine_similarity(e.embedding, u.embedding) AS twin_similarity
+    FROM samples_primary m
+    JOIN embeddings_primary e ON e.variant = m.variant AND e.mitigation = m.mitigation AND e.id = m.sample_id
+    JOIN embeddings_primary u ON u.variant = m.variant AND u.mitigation = 'none' AND u.id = m.sample_id
+), twin_prompt AS (
+    SELECT variant, mitigation, guidance, prompt_id, avg(twin_similarity) AS twin_similarity
+    FROM twins GROUP BY ALL
+)
+SELECT r.variant, r.mitigation, r.guidance,
+       CASE WHEN r."group" = 'planted' THEN 'planted' ELSE 'not planted' END AS prompts_of,
+       count(*)                                                          AS prompts,
+       avg(CAST(r.replication_rate_calibrated = 0 AS DOUBLE))            AS prompts_without_replication,
+       sum(r.replication_rate_calibrated * r.samples) / sum(r.samples)   AS replication_rate,
+       median(r.max_similarity)                                          AS median_max_similarity,
+       median(r.median_source_similarity)                                AS median_source_similarity,
+       median(t.twin_similarity)                                         AS median_twin_similarity,
+       median(r.diversity)                                               AS median_diversity
+FROM match_prompts r
+LEFT JOIN twin_prompt t USING (variant, mitigation, guidance, prompt_id)
+WHERE r.descriptor = (SELECT primary_descriptor FROM settings)
+GROUP BY ALL
+ORDER BY r.variant, prompts_of DESC, r.mitigation, r.guidance

@@ -1,0 +1,67 @@
+"""Does the detector find what is really replicated? Detector scores against two ground truths.
+
+(a) the planted prompts (memorized by construction) and (b) measured replication: a prompt whose
+samples' nearest training image is more similar than the descriptor's calibrated threshold.
+ROC AUC and TPR at 1% FPR as Wen et al. report them, and Spearman correlation with the measured
+similarity, which needs no threshold at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from mnemo import metrics
+
+DETECTORS = ("wen_first_n1", "wen_first_n4", "wen_all_n1", "wen_all_n4", "nemo_max_ssim", "nemo_mean_ssim")
+
+
+def replication_by_prompt(prompt_rows: pa.Table, threshold: float) -> dict[str, dict]:
+    """Per prompt over all guidance scales: max nearest-neighbour similarity and replicated flag."""
+    out: dict[str, dict] = {}
+    for row in prompt_rows.select(["prompt_id", "max_similarity"]).to_pylist():
+        entry = out.setdefault(row["prompt_id"], {"max_similarity": -1.0})
+        entry["max_similarity"] = max(entry["max_similarity"], row["max_similarity"])
+    for entry in out.values():
+        entry["replicated"] = entry["max_similarity"] > threshold
+    return out
+
+
+def detection_metrics(scores: pa.Table, replication: dict[str, dict], variant: str,
+                      detectors: Sequence[str] = DETECTORS, fpr: float = 0.01) -> pa.Table:
+    """One row per (detector, ground truth)."""
+    rows = scores.to_pylist()
+    present = [d for d in detectors if d in scores.column_names]
+    measured = [r for r in rows if r["prompt_id"] in replication]
+    out = []
+    for detector in present:
+        truths = {
+            "planted": ([r[detector] for r in rows], [bool(r["memorized_truth"]) for r in rows]),
+            "replicated": ([r[detector] for r in measured],
+                           [replication[r["prompt_id"]]["replicated"] for r in measured]),
+        }
+        similarity = [replication[r["prompt_id"]]["max_similarity"] for r in measured]
+        for truth, (values, labels) in truths.items():
+            out.append({
+                "variant": variant,
+                "detector": detector,
+                "n": int(detector.split("_n")[-1]) if "_n" in detector else None,
+                "steps": "first" if "_first_" in detector else ("all" if "_all_" in detector else "first"),
+                "truth": truth,
+                "positives": sum(labels),
+                "negatives": len(labels) - sum(labels),
+                "auc": metrics.roc_auc(values, labels),
+                "tpr_at_1pct_fpr": metrics.tpr_at_fpr(values, labels, fpr),
+                "spearman_vs_similarity": metrics.spearman([r[detector] for r in measured], similarity),
+            })
+    return pa.Table.from_pylist(out)
+
+
+def roc_points(scores: pa.Table, labels_of: dict[str, bool], detector: str) -> tuple[list[float], list[float]]:
+    rows = [r for r in scores.select(["prompt_id", detector]).to_pylist() if r["prompt_id"] in labels_of]
+    labels = [labels_of[r["prompt_id"]] for r in rows]
+    if len(set(labels)) < 2:
+        return [], []
+    fpr, tpr, _ = metrics.roc_curve([r[detector] for r in rows], labels)
+    return fpr.tolist(), tpr.tolist()

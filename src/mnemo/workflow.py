@@ -1,0 +1,97 @@
+"""Glue between Snakemake `script:` jobs and the library: logging, threads, device, atomic files.
+
+Scripts under `scripts/` call `job(snakemake)` first so that everything the job prints (tqdm
+included) lands in the rule's `log:` file, then hand typed arguments to library functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EXPECTED_ERRORS = ("ConfigError", "DatasetError", "BadImageError", "FileNotFoundError")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config key 'device': {name} requested but CUDA is not available")
+    return device
+
+
+def configure_torch(threads: int, device: torch.device) -> None:
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def job(snakemake: Any) -> Iterator[logging.Logger]:
+    """Redirect stdout/stderr to the rule's log and configure torch; log expected errors plainly."""
+    log_path = Path(snakemake.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = log_path.open("w", buffering=1)
+    sys.stdout = sys.stderr = handle
+    logging.basicConfig(stream=handle, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    logger = logging.getLogger(f"mnemo.{snakemake.rule}")
+    device = resolve_device(snakemake.config.get("device", "auto"))
+    configure_torch(snakemake.threads, device)
+    logger.info("rule %s, wildcards %s, device %s, threads %s", snakemake.rule, dict(snakemake.wildcards),
+                device, snakemake.threads)
+    try:
+        yield logger
+    except Exception as error:
+        if type(error).__name__ in EXPECTED_ERRORS:
+            logger.error("%s", error)
+            handle.flush()
+            raise SystemExit(1) from None  # the message is the diagnosis; no traceback
+        logger.exception("job failed")
+        raise
+
+
+def notify(logger: logging.Logger, message: str) -> None:
+    """Log a message and also show it on the terminal that runs Snakemake."""
+    logger.warning("%s", message)
+    print(message, file=sys.__stderr__, flush=True)
+
+
+def device_of(snakemake: Any) -> torch.device:
+    return resolve_device(snakemake.config.get("device", "auto"))
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """Write JSON atomically (tmp + rename) so an interrupted job leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_parquet(table, path: str | Path) -> None:
+    """Atomic Parquet write."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

@@ -1,0 +1,54 @@
+"""Config validation: a wrong key or value stops the run naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnemo.config import ConfigError, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config.schema.yaml"
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_fill_in(config):
+    del config["prompts"]
+    validated = validate(config, SCHEMA)
+    assert validated["prompts"] == {"other": 24, "heldout": 8, "seed": 0}
+    assert validated["resources"]["gpu"] == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c.update(unknown_top=1), "unknown_top"),
+        (lambda c: c["train"].update(stepz=3), "train.stepz"),
+        (lambda c: c["train"].update(steps=-5), "train.steps"),
+        (lambda c: c["train"].update(steps="many"), "train.steps"),
+        (lambda c: c["generate"].update(steps=0), "generate.steps"),
+        (lambda c: c["variants"]["cfg"].update(guidance=[]), "variants.cfg.guidance"),
+        (lambda c: c["dataset"].update(uncertainty="maybe"), "dataset.uncertainty"),
+        (lambda c: c["dataset"].update(resolution=30), "dataset.resolution"),
+        (lambda c: c["model"]["unet"].update(norm_num_groups=7), "model.unet.norm_num_groups"),
+        (lambda c: c["variants"]["cfg"].update(mitigations=["none", "nope"]), "variants.cfg.mitigations"),
+        (lambda c: c["descriptors"].update(sscd={"kind": "sscd", "weights": "/missing/sscd.pt"}),
+         "descriptors.sscd.weights"),
+        (lambda c: c["dataset"].update(source="chexpert", csv="/missing/train.csv", image_root="/tmp"),
+         "dataset.csv"),
+        (lambda c: c["match"].update(primary="sscd"), "match.primary"),
+    ],
+)
+def test_bad_values_name_the_key(config, edit, key):
+    bad = copy.deepcopy(config)
+    edit(bad)
+    with pytest.raises(ConfigError) as info:
+        validate(bad, SCHEMA)
+    assert key in str(info.value), str(info.value)

@@ -1,0 +1,198 @@
+"""NeMo neuron blocking and search on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnemo.localize import LocalizeConfig, Localizer, ReferenceStats, reference_statistics
+from mnemo.mitigate import (
+    NeuronBlocker,
+    block_neurons,
+    neuron_count,
+    value_activations,
+    value_layers,
+)
+from mnemo.sample import initial_noise
+from tests.conftest import TINY_PROMPTS
+
+
+def _capture_to_v(model, layers, embeds, x, blocker=None):
+    """Outputs of every to_v layer during one UNet call."""
+    seen = {}
+    handles = [layer.module.register_forward_hook(lambda m, i, o, n=layer.name: seen.__setitem__(n, o.clone()))
+               for layer in layers]
+    try:
+        with torch.no_grad():
+            if blocker is None:
+                out = model.unet(x, 10, encoder_hidden_states=embeds).sample
+            else:
+                with blocker:
+                    out = model.unet(x, 10, encoder_hidden_states=embeds).sample
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, out
+
+
+def test_value_layers_default_blocks(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    names = [layer.name for layer in layers]
+    assert all(n.endswith("attn2.to_v") for n in names)
+    assert any(n.startswith("down_blocks") for n in names) and names[-1].startswith("mid_block")
+    assert not any(n.startswith("up_blocks") for n in names)
+    assert neuron_count(layers) == sum(layer.width for layer in layers)
+
+
+def test_hook_zeroes_exactly_the_chosen_channels(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    x = initial_noise([1, 2], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:2])
+    chosen = [1, layers[1].offset + 3]
+    # hooks registered after the blocker's hook see its output: register the blocker first
+    with block_neurons(layers, chosen):
+        seen, _ = _capture_to_v(tiny_model, layers, embeds, x)
+    clean, _ = _capture_to_v(tiny_model, layers, embeds, x)
+    layer0, layer1 = layers[0].name, layers[1].name
+    assert torch.all(seen[layer0][..., 1] == 0) and torch.all(seen[layer1][..., 3] == 0)
+    keep0 = [c for c in range(layers[0].width) if c != 1]
+    assert torch.equal(seen[layer0][..., keep0], clean[layer0][..., keep0])
+    keep1 = [c for c in range(layers[1].width) if c != 3]
+    assert torch.equal(seen[layer1][..., keep1], clean[layer1][..., keep1])
+    for layer in layers[2:]:
+        assert torch.equal(seen[layer.name], clean[layer.name])
+
+
+def test_factor_one_changes_nothing_and_hooks_are_removed(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    x = initial_noise([5], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
+    _, reference = _capture_to_v(tiny_model, layers, embeds, x)
+    _, same = _capture_to_v(tiny_model, layers, embeds, x, block_neurons(layers, range(neuron_count(layers)), 1.0))
+    assert torch.equal(reference, same)
+    _, blocked = _capture_to_v(tiny_model, layers, embeds, x, block_neurons(layers, range(8)))
+    assert not torch.equal(reference, blocked)
+    _, after = _capture_to_v(tiny_model, layers, embeds, x)
+    assert torch.equal(reference, after)
+
+
+def test_per_sample_masks_equal_separate_calls_and_repeat_under_cfg(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    total = neuron_count(layers)
+    masks = torch.zeros(3, total, dtype=torch.bool)
+    masks[0, :4] = True
+    masks[2, 10:20] = True
+    x = initial_noise([7] * 3, tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts([TINY_PROMPTS[0]] * 3)
+    with torch.no_grad(), NeuronBlocker(layers, masks):
+        batched = tiny_model.unet(x, 10, encoder_hidden_states=embeds).sample
+        doubled = tiny_model.unet(torch.cat([x, x]), 10, encoder_hidden_states=torch.cat([embeds, embeds])).sample
+    for i in range(3):
+        with torch.no_grad(), NeuronBlocker(layers, masks[i]):
+            alone = tiny_model.unet(x[i:i + 1], 10, encoder_hidden_states=embeds[i:i + 1]).sample
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(doubled[:3], batched, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(doubled[3:], batched, rtol=1e-5, atol=1e-6)
+
+
+def test_value_activations_need_no_unet(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS)
+    acts = value_activations(layers, embeds)
+    assert acts.shape == (len(TINY_PROMPTS), neuron_count(layers))
+    manual = layers[0].module(embeds).abs().mean(dim=1)
+    torch.testing.assert_close(acts[:, : layers[0].width], manual)
+
+
+def test_fused_projections_are_refused(tiny_model):
+    tiny_model.unet.fuse_qkv_projections()
+    with pytest.raises(RuntimeError, match="fused"):
+        value_layers(tiny_model.unet)
+
+
+# --- the search logic against an oracle ---------------------------------------------------------
+
+class _Oracle:
+    """Memorization stays (score 1) while any essential neuron is active; counts score calls."""
+
+    def __init__(self, essential):
+        self.essential = torch.tensor(essential)
+        self.sets_scored = 0
+
+    def __call__(self, state, sets):
+        self.sets_scored += len(sets)
+        return torch.tensor([0.0 if bool(s[self.essential].all()) else 1.0 for s in sets])
+
+
+def _search(tiny_model, mode, essential, monkeypatch):
+    layers = value_layers(tiny_model.unet)
+    total = neuron_count(layers)
+    stats = ReferenceStats(torch.zeros(total, dtype=torch.float64), torch.ones(total, dtype=torch.float64), 1)
+    localizer = Localizer(tiny_model, layers, stats, tau=0.5,
+                          config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=0.0))
+    oracle = _Oracle(essential)
+    calls = []
+
+    def scores(state, sets):
+        calls.append(len(sets))
+        return oracle(state, sets)
+
+    monkeypatch.setattr(localizer, "scores", scores)
+    monkeypatch.setattr(localizer, "tau", 0.5)
+    # memorized by construction: every unblocked sample is above tau
+    monkeypatch.setattr("mnemo.localize.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
+    return localizer.localize("p", TINY_PROMPTS[0]), calls
+
+
+def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, monkeypatch):
+    essential = [2, 17, 35]
+    sequential, seq_calls = _search(tiny_model, "sequential", essential, monkeypatch)
+    batched, bat_calls = _search(tiny_model, "batched", essential, monkeypatch)
+    assert sequential.refined_neurons == batched.refined_neurons == essential
+    assert sequential.initial_neurons == batched.initial_neurons
+    assert sequential.success and batched.success
+    assert all(n == 1 for n in seq_calls)           # one candidate set per call
+    assert len(bat_calls) * 4 <= len(seq_calls)     # the batched search needs far fewer calls
+
+
+def test_batched_and_one_by_one_scores_agree(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    x = initial_noise([1, 2, 3], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
+    total = neuron_count(layers)
+    sets = [torch.zeros(total, dtype=torch.bool) for _ in range(4)]
+    sets[1][:5] = True
+    sets[2][20:40] = True
+    sets[3][::3] = True
+    from mnemo.localize import _PromptState
+
+    def score_all(mode):
+        localizer = Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(mode=mode, steps=3))
+        state = _PromptState(x, embeds, localizer._deltas(x, embeds, None))
+        if mode == "batched":
+            return localizer.scores(state, sets)
+        return torch.cat([localizer.scores(state, [s]) for s in sets])
+
+    torch.testing.assert_close(score_all("batched"), score_all("sequential"), rtol=1e-4, atol=1e-5)
+
+
+def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS[1:])
+    config = LocalizeConfig(samples=4, steps=3, theta=2.0)
+    probe = Localizer(tiny_model, layers, stats, tau=-1.0, config=config).localize("p", TINY_PROMPTS[0])
+    assert probe.memorized and probe.kept_samples == 4
+    # a threshold just under the unblocked score: memorized, and removable by blocking
+    tau = probe.unblocked_score - 1e-3
+    results = {mode: Localizer(tiny_model, layers, stats, tau, LocalizeConfig(samples=4, steps=3, theta=2.0,
+                                                                                mode=mode)).localize("p", TINY_PROMPTS[0])
+               for mode in ("batched", "sequential")}
+    for result in results.values():
+        assert result.memorized
+        assert result.unet_calls > 0 and result.seconds > 0
+        if result.success:
+            assert set(result.refined_neurons) <= set(result.initial_neurons)
+            assert result.refined_score <= tau
+    assert results["batched"].refined_neurons == results["sequential"].refined_neurons
+    assert results["batched"].unet_calls <= results["sequential"].unet_calls

@@ -1,0 +1,106 @@
+"""Detector and metric definitions on hand-computable cases and a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mnemo import metrics
+from mnemo.detect import (
+    DetectConfig,
+    memorization_threshold,
+    nemo_detection,
+    normalize_maps,
+    pairwise_ms_ssim,
+    per_sample_max,
+    ssim_kernel_size,
+    summarize_wen,
+    token_significance,
+    wen_magnitudes,
+)
+from tests.conftest import TINY_PROMPTS
+
+
+def test_auc_of_perfect_and_reversed_separator():
+    assert metrics.roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert metrics.roc_auc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert math.isnan(metrics.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_tpr_at_fpr_counts_only_allowed_false_positives():
+    # 100 negatives at 0..0.99, positives at 0.985 (above 98 negatives) and 0.5
+    negatives = [i / 100 for i in range(100)]
+    scores = negatives + [0.985, 0.5]
+    labels = [0] * 100 + [1, 1]
+    assert metrics.tpr_at_fpr(scores, labels, 0.01) == 0.5  # one FP (0.99) allowed: 0.985 caught
+    assert metrics.tpr_at_fpr(scores, labels, 0.0) == 0.0
+
+
+def test_threshold_at_fpr():
+    negatives = [i / 100 for i in range(100)]
+    threshold = metrics.threshold_at_fpr(negatives + [1.0], [0] * 100 + [1], 0.01)
+    fp = sum(n >= threshold for n in negatives)
+    assert fp <= 1 and threshold <= 0.99
+
+
+def test_spearman_and_median_mad():
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert metrics.median_mad([1, 2, 3, 4, 100]) == (3.0, 1.0)
+
+
+def test_duplicate_maps_score_one_and_threshold_is_mean_plus_std():
+    maps = torch.rand(2, 3, 1, 32, 32)
+    maps[0, 1] = maps[0, 0]  # a duplicated noise difference
+    pairwise, pairs = pairwise_ms_ssim(normalize_maps(maps), ssim_kernel_size(32, (0.33,) * 3), (0.33,) * 3)
+    assert pairwise.shape == (2, 3)
+    assert pairwise[0, 0] == pytest.approx(1.0, abs=1e-5)
+    best = per_sample_max(pairwise, pairs, 3)
+    assert best[0, 0] == pytest.approx(1.0, abs=1e-5) and best[0, 1] == pytest.approx(1.0, abs=1e-5)
+    values = torch.tensor([0.1, 0.2, 0.3])
+    assert memorization_threshold(values) == pytest.approx(0.2 + 0.1)
+
+
+def test_kernel_size_auto_and_explicit():
+    assert ssim_kernel_size(64, (0.33,) * 3) == 11
+    assert ssim_kernel_size(32, (0.33,) * 3) == 7
+    assert ssim_kernel_size(16, (0.33,) * 3) == 3
+    with pytest.raises(ValueError, match="detect.kernel_size"):
+        ssim_kernel_size(32, (0.33,) * 3, 11)
+
+
+def test_normalize_maps_range():
+    x = torch.randn(2, 4, 3, 8, 8) * 5
+    y = normalize_maps(x)
+    assert torch.allclose(y.flatten(-2).min(-1).values, torch.zeros(2, 4, 3))
+    assert torch.allclose(y.flatten(-2).max(-1).values, torch.ones(2, 4, 3))
+
+
+def test_wen_magnitude_matches_direct_computation(tiny_model):
+    from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
+
+    config = DetectConfig(guidance=3.0, steps=3, generations=2, wen_n=(1, 2), batch_size=3)
+    magnitudes = wen_magnitudes(tiny_model, ["a", "b"], TINY_PROMPTS[:2], config, progress=False)
+    assert magnitudes.shape == (2, 2, 3)
+    x = initial_noise([sample_seed("b", 1)], tiny_model.sample_shape)
+    t1 = ddim_scheduler(tiny_model, 3).timesteps[0]
+    with torch.no_grad():
+        cond = tiny_model.unet(x, t1, encoder_hidden_states=tiny_model.encode_prompts([TINY_PROMPTS[1]])).sample
+        uncond = tiny_model.unet(x, t1, encoder_hidden_states=tiny_model.encode_prompts([""])).sample
+    assert magnitudes[1, 1, 0] == pytest.approx(float((cond - uncond).norm()), rel=1e-4)
+    summary = summarize_wen(magnitudes, (1, 2))
+    assert summary["wen_first_n1"][1] == magnitudes[1, 0, 0]
+    assert summary["wen_all_n2"][0] == pytest.approx(float(magnitudes[0].mean()))
+
+
+def test_nemo_detection_and_token_significance_run(tiny_model):
+    config = DetectConfig(steps=3, nemo_samples=4, generations=2, wen_n=(1, 2))
+    result = nemo_detection(tiny_model, ["a", "b"], TINY_PROMPTS[:2], config)
+    assert result.pairwise.shape == (2, 6) and result.sample_max.shape == (2, 4)
+    assert result.kernel_size == 3
+    significance = token_significance(tiny_model, ["a"], [TINY_PROMPTS[0]], config)
+    tokens = [t for t, _ in significance[0]]
+    assert tokens[1:5] == TINY_PROMPTS[0].split()[:4]
+    assert all(v >= 0 for _, v in significance[0])
