@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from mnemo.config import ConfigError, validate
 
 
-configfile: "config.yaml"
+configfile: str(Path(workflow.basedir) / "config.yaml")
 
 
 try:
