@@ -24,6 +24,9 @@ include: "rules/generate.smk"
 include: "rules/embed.smk"
 include: "rules/detect.smk"
 include: "rules/localize.smk"
+include: "rules/validate.smk"
+include: "rules/fidelity.smk"
+include: "rules/report.smk"
 
 
 rule all:

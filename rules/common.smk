@@ -72,14 +72,8 @@ def sample_sets():
 
 
 def all_targets():
-    targets = [f"{R}/cache/train_summary.json", f"{R}/prompts/prompts.parquet"]
-    targets += [f"{R}/descriptors/{d}/calibration.json" for d in descriptors()]
-    for variant in variants():
-        targets.append(f"{R}/models/{variant}/loss.png")
-        targets.append(f"{R}/detect/{variant}/scores.parquet")
-    for variant, mitigation in sample_sets():
-        targets += [f"{R}/matches/{d}/{variant}/{mitigation}_prompts.parquet" for d in descriptors()]
-    return targets
+    """The tables pull in every stage; the figures of the report come with their stages."""
+    return [f"{R}/tables/summary.md"]
 
 
 NEURON_KINDS = ("nemo", "nemo_global", "random")
@@ -96,21 +90,19 @@ def localized_variants():
 
 def benchmark_files(wildcards=None):
     """Benchmark TSVs of every job upstream of the tables, for the cost table."""
-    names = ["cache_dataset_train"]
+    names = ["cache_dataset/train", "train_classifier"]
     if config["dataset"]["source"] == "phantoms":
         names.append("phantoms")
     names += [
-        f"train_copydetect_{d}"
-        for d in descriptors()
-        if config["descriptors"][d]["kind"] == "copydetect"
+        f"train_copydetect/{d}" for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"
     ]
-    names += [f"embed_{d}_train" for d in descriptors()]
+    names += [f"embed_train/{d}" for d in descriptors()]
     for v in variants():
-        names += [f"train_{v}", f"detect_{v}"]
+        names += [f"train/{v}", f"detect/{v}"]
     for v in localized_variants():
-        names += [f"localize_{v}", f"retrigger_{v}"]
+        names += [f"localize/{v}", f"retrigger/{v}"]
     for v, m in sample_sets():
-        names.append(f"generate_{v}_{m}")
-        names += [f"embed_{d}_{v}_{m}" for d in descriptors()]
-        names += [f"match_{d}_{v}_{m}" for d in descriptors()]
+        names += [f"generate/{v}/{m}", f"fidelity/{v}/{m}"]
+        names += [f"embed_samples/{d}/{v}/{m}" for d in descriptors()]
+        names += [f"match/{d}/{v}/{m}" for d in descriptors()]
     return [f"{R}/benchmarks/{n}.tsv" for n in names]

@@ -35,9 +35,9 @@ rule cache_dataset:
         image_root=dataset_root(),
         dataset=config["dataset"],
     log:
-        f"{R}/logs/cache_dataset_{{split}}.log",
+        f"{R}/logs/cache_dataset/{{split}}.log",
     benchmark:
-        f"{R}/benchmarks/cache_dataset_{{split}}.tsv"
+        f"{R}/benchmarks/cache_dataset/{{split}}.tsv"
     threads: config["dataset"]["workers"]
     resources:
         mem_mb=4000,

@@ -15,9 +15,9 @@ rule detect:
         detect=config["detect"],
         seed=config["generate"]["seed"],
     log:
-        f"{R}/logs/detect_{{variant}}.log",
+        f"{R}/logs/detect/{{variant}}.log",
     benchmark:
-        f"{R}/benchmarks/detect_{{variant}}.tsv"
+        f"{R}/benchmarks/detect/{{variant}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -31,9 +31,9 @@ rule train_copydetect:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
     log:
-        f"{R}/logs/train_copydetect_{{descriptor}}.log",
+        f"{R}/logs/train_copydetect/{{descriptor}}.log",
     benchmark:
-        f"{R}/benchmarks/train_copydetect_{{descriptor}}.tsv"
+        f"{R}/benchmarks/train_copydetect/{{descriptor}}.tsv"
     threads: 2
     resources:
         mem_mb=6000,
@@ -54,7 +54,7 @@ rule calibrate_descriptor:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
     log:
-        f"{R}/logs/calibrate_{{descriptor}}.log",
+        f"{R}/logs/calibrate_descriptor/{{descriptor}}.log",
     threads: 2
     resources:
         mem_mb=6000,
@@ -74,9 +74,9 @@ rule embed_train:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="cache",
     log:
-        f"{R}/logs/embed_{{descriptor}}_train.log",
+        f"{R}/logs/embed_train/{{descriptor}}.log",
     benchmark:
-        f"{R}/benchmarks/embed_{{descriptor}}_train.tsv"
+        f"{R}/benchmarks/embed_train/{{descriptor}}.tsv"
     threads: 2
     resources:
         mem_mb=6000,
@@ -97,9 +97,9 @@ rule embed_samples:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="samples",
     log:
-        f"{R}/logs/embed_{{descriptor}}_{{variant}}_{{mitigation}}.log",
+        f"{R}/logs/embed_samples/{{descriptor}}/{{variant}}/{{mitigation}}.log",
     benchmark:
-        f"{R}/benchmarks/embed_{{descriptor}}_{{variant}}_{{mitigation}}.tsv"
+        f"{R}/benchmarks/embed_samples/{{descriptor}}/{{variant}}/{{mitigation}}.tsv"
     threads: 2
     resources:
         mem_mb=6000,
@@ -124,9 +124,9 @@ rule match:
     params:
         match=config["match"],
     log:
-        f"{R}/logs/match_{{descriptor}}_{{variant}}_{{mitigation}}.log",
+        f"{R}/logs/match/{{descriptor}}/{{variant}}/{{mitigation}}.log",
     benchmark:
-        f"{R}/benchmarks/match_{{descriptor}}_{{variant}}_{{mitigation}}.tsv"
+        f"{R}/benchmarks/match/{{descriptor}}/{{variant}}/{{mitigation}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -32,9 +32,9 @@ rule generate:
         mitigation=lambda wc: config["mitigations"][wc.mitigation],
         blocks=config["localize"]["blocks"],
     log:
-        f"{R}/logs/generate_{{variant}}_{{mitigation}}.log",
+        f"{R}/logs/generate/{{variant}}/{{mitigation}}.log",
     benchmark:
-        f"{R}/benchmarks/generate_{{variant}}_{{mitigation}}.tsv"
+        f"{R}/benchmarks/generate/{{variant}}/{{mitigation}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -28,9 +28,9 @@ rule localize:
         seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],
     log:
-        f"{R}/logs/localize_{{variant}}.log",
+        f"{R}/logs/localize/{{variant}}.log",
     benchmark:
-        f"{R}/benchmarks/localize_{{variant}}.tsv"
+        f"{R}/benchmarks/localize/{{variant}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

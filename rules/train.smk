@@ -20,9 +20,9 @@ rule train:
         train=lambda wc: variant_train_config(config, wc.variant),
         checkpoint_dir=lambda wc: f"{R}/checkpoints/{wc.variant}",
     log:
-        f"{R}/logs/train_{{variant}}.log",
+        f"{R}/logs/train/{{variant}}.log",
     benchmark:
-        f"{R}/benchmarks/train_{{variant}}.tsv"
+        f"{R}/benchmarks/train/{{variant}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -34,7 +34,7 @@ rule validate_detection:
         grid_prompts=config["report"]["grid_prompts"],
         grid_detector=config["report"]["grid_detector"],
     log:
-        f"{R}/logs/validate_detection_{{variant}}.log",
+        f"{R}/logs/validate_detection/{{variant}}.log",
     resources:
         mem_mb=4000,
         runtime=20,
@@ -59,9 +59,9 @@ rule retrigger:
         blocks=config["localize"]["blocks"],
         sampling_steps=config["generate"]["steps"],
     log:
-        f"{R}/logs/retrigger_{{variant}}.log",
+        f"{R}/logs/retrigger/{{variant}}.log",
     benchmark:
-        f"{R}/benchmarks/retrigger_{{variant}}.tsv"
+        f"{R}/benchmarks/retrigger/{{variant}}.tsv"
     threads: 2
     resources:
         mem_mb=6000,

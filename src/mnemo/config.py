@@ -127,6 +127,15 @@ def check(config: Mapping[str, Any]) -> None:
                     f"config key 'variants.{name}.mitigations': '{mitigation}' is not defined under "
                     f"'mitigations' (defined: {', '.join(mitigations)})"
                 )
+    detect = config.get("detect", {})
+    detectors = [f"wen_{s}_n{n}" for n in detect.get("wen_n", []) for s in ("first", "all")]
+    detectors += ["nemo_max_ssim", "nemo_mean_ssim"]
+    grid = config.get("report", {}).get("grid_detector")
+    if grid and grid not in detectors:
+        raise ConfigError(f"config key 'report.grid_detector': '{grid}' is not a detector of this config "
+                          f"(one of {', '.join(detectors)})")
+    if detect.get("wen_n") and max(detect["wen_n"]) > detect.get("generations", 0):
+        raise ConfigError("config key 'detect.wen_n': every n must be at most detect.generations")
     descriptors = config.get("descriptors", {})
     primary = config.get("match", {}).get("primary")
     if descriptors and primary not in descriptors:

@@ -126,7 +126,7 @@ def threshold_names(thresholds: Sequence[float], calibrated: float | None) -> di
 def per_prompt(matches: pa.Table, diversity_table: pa.Table, thresholds: dict[str, float]) -> pa.Table:
     """Per (prompt, guidance): max/median similarity, replication rates, leakage, diversity."""
     rates = ",\n".join(
-        f"avg(CAST(m.nn_similarity > {value!r} AS DOUBLE)) AS replication_rate_{name}"
+        f"avg(CAST(m.nn_similarity > CAST({value!r} AS DOUBLE) AS DOUBLE)) AS replication_rate_{name}"
         for name, value in thresholds.items()
     )
     con = duckdb.connect()
@@ -140,7 +140,7 @@ def per_prompt(matches: pa.Table, diversity_table: pa.Table, thresholds: dict[st
                max(m.source_similarity) AS max_source_similarity,
                median(m.source_similarity) AS median_source_similarity,
                {rates},
-               {", ".join(f"{value!r} AS threshold_{name}" for name, value in thresholds.items())},
+               {", ".join(f"CAST({value!r} AS DOUBLE) AS threshold_{name}" for name, value in thresholds.items())},
                avg(CAST(m.nn_same_patient AS DOUBLE)) AS same_patient_rate,
                any_value(d.diversity) AS diversity,
                any_value(m.descriptor) AS descriptor,

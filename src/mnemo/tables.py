@@ -130,13 +130,23 @@ def markdown(table) -> str:
     return "\n".join([header, rule, *body])
 
 
-def summary_markdown(tables: Mapping[str, Any], title: str, preamble: str = "") -> str:
+def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None = None,
+                     preamble: str = "") -> str:
+    """All tables as Markdown; tables with a `descriptor` column show the primary descriptor only
+    (the CSV has every descriptor)."""
+    import pyarrow.compute as pc
+
     lines = [f"# {title}", ""]
     if preamble:
         lines += [preamble, ""]
     for name, heading, note in SECTIONS:
         if name not in tables:
             continue
-        lines += [f"## {heading}", "", note, "", f"Table `{name}.csv`, query `mnemo/sql/{name}.sql`.", ""]
-        lines += [markdown(tables[name]) if tables[name].num_rows else "_no rows_", ""]
+        table = tables[name]
+        source = f"Table `{name}.csv`, query `mnemo/sql/{name}.sql`."
+        if primary and "descriptor" in table.column_names and name != "calibration":
+            table = table.filter(pc.equal(table.column("descriptor"), primary)).drop_columns(["descriptor"])
+            source += f" Descriptor: `{primary}` (all descriptors in the CSV)."
+        lines += [f"## {heading}", "", note, "", source, ""]
+        lines += [markdown(table) if table.num_rows else "_no rows_", ""]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 -- rate, similarity; plus similarity of each sample to its unmitigated twin (same seed).
 WITH twins AS (
     SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
-           array_cosine_similarity(e.embedding, u.embedding) AS twin_similarity
+           list_cosine_similarity(e.embedding::FLOAT[], u.embedding::FLOAT[]) AS twin_similarity
     FROM samples_primary m
     JOIN embeddings_primary e ON e.variant = m.variant AND e.mitigation = m.mitigation AND e.id = m.sample_id
     JOIN embeddings_primary u ON u.variant = m.variant AND u.mitigation = 'none' AND u.id = m.sample_id

@@ -1,0 +1,54 @@
+# Stage 6a: semantic validation of samples: label fidelity (a classifier trained on the cache)
+# and Fréchet distance in the in-house descriptor's feature space.
+
+
+def frechet_features():
+    """The copydetect descriptor whose trunk is the Fréchet feature space (first one configured)."""
+    names = [d for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"]
+    return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
+
+
+rule train_classifier:
+    input:
+        code("fidelity", "dataset", "images"),
+        cache=f"{R}/cache/train",
+    output:
+        model=directory(f"{R}/fidelity/classifier/model"),
+        evaluation=f"{R}/fidelity/classifier/evaluation.json",
+        history=f"{R}/fidelity/classifier/training_log.csv",
+    params:
+        fidelity=config["fidelity"],
+        holdout=config["match"]["calibration"],
+    log:
+        f"{R}/logs/train_classifier.log",
+    benchmark:
+        f"{R}/benchmarks/train_classifier.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=gpus(),
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule fidelity:
+    input:
+        code("fidelity", "descriptors", "dataset", "images"),
+        unpack(lambda wc: frechet_features()),
+        classifier=f"{R}/fidelity/classifier/model",
+        samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
+        prompts=f"{R}/prompts/prompts.parquet",
+        cache=f"{R}/cache/train",
+    output:
+        f"{R}/fidelity/{{variant}}/{{mitigation}}.json",
+    log:
+        f"{R}/logs/fidelity/{{variant}}/{{mitigation}}.log",
+    benchmark:
+        f"{R}/benchmarks/fidelity/{{variant}}/{{mitigation}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/fidelity.py"
