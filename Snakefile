@@ -8,7 +8,11 @@ from snakemake.exceptions import WorkflowError
 from mnemo.config import ConfigError, validate
 
 
-configfile: str(Path(workflow.basedir) / "config.yaml")
+# The X-ray demo config is the base that --configfile files are merged over; a Stable Diffusion
+# track config (dataset.source: prompts, e.g. config/sd14.yaml) is complete on its own.
+if config.get("dataset", {}).get("source") != "prompts":
+
+    configfile: str(Path(workflow.basedir) / "config.yaml")
 
 
 try:

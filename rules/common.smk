@@ -18,7 +18,7 @@ wildcard_constraints:
 
 
 def code(*modules):
-    """Library modules a rule runs: edits to them rerun the rule (Snakemake only sees the script)."""
+    """Library modules a job runs, as inputs: editing one reruns its jobs (Snakemake alone sees only the script)."""
     root = Path(workflow.basedir) / "src" / "mnemo"
     return [str(root / f"{m}.py") for m in ("__init__", "workflow", *modules)]
 
@@ -36,8 +36,35 @@ def variants():
     return list(config["variants"])
 
 
+def guidance_of(variant, mitigation):
+    """Guidance scales of one sample set: mitigated sets may use fewer (`mitigation_guidance`)."""
+    settings = config["variants"][variant]
+    if mitigation == "none":
+        return settings["guidance"]
+    return settings.get("mitigation_guidance") or settings["guidance"]
+
+
 def mitigations_of(variant):
     return list(config["variants"][variant]["mitigations"])
+
+
+def xray():
+    """X-ray track (a dataset to train on) vs Stable Diffusion track (pretrained models, prompt files)."""
+    return config["dataset"]["source"] in ("phantoms", "chexpert")
+
+
+def has_reference_images():
+    """Training images to match samples against: the X-ray cache, or SD originals when given."""
+    return xray() or bool(config["prompts"].get("originals"))
+
+
+def pretrained(variant):
+    return config["variants"][variant].get("pretrained")
+
+
+def model_dir(wildcards):
+    """A variant's model: trained by the workflow, or a local pretrained diffusers folder."""
+    return pretrained(wildcards.variant) or f"{R}/models/{wildcards.variant}/pipeline"
 
 
 def dataset_csv(split):
@@ -90,19 +117,122 @@ def localized_variants():
 
 def benchmark_files(wildcards=None):
     """Benchmark TSVs of every job upstream of the tables, for the cost table."""
-    names = ["cache_dataset/train", "train_classifier"]
+    names = ["cache_dataset/train"] if has_reference_images() else []
+    if xray():
+        names.append("train_classifier")
     if config["dataset"]["source"] == "phantoms":
         names.append("phantoms")
     names += [
         f"train_copydetect/{d}" for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"
     ]
-    names += [f"embed_train/{d}" for d in descriptors()]
+    if has_reference_images():
+        names += [f"embed_train/{d}" for d in descriptors()]
     for v in variants():
-        names += [f"train/{v}", f"detect/{v}"]
+        names += [f"detect/{v}"] + ([] if pretrained(v) else [f"train/{v}"])
     for v in localized_variants():
-        names += [f"localize/{v}", f"retrigger/{v}"]
+        names += [f"localize/{v}"] + ([f"retrigger/{v}"] if has_reference_images() else [])
     for v, m in sample_sets():
-        names += [f"generate/{v}/{m}", f"fidelity/{v}/{m}"]
+        names += [f"generate/{v}/{m}"] + ([f"fidelity/{v}/{m}"] if xray() else [])
         names += [f"embed_samples/{d}/{v}/{m}" for d in descriptors()]
-        names += [f"match/{d}/{v}/{m}" for d in descriptors()]
+        if has_reference_images():
+            names += [f"match/{d}/{v}/{m}" for d in descriptors()]
     return [f"{R}/benchmarks/{n}.tsv" for n in names]
+
+
+def descriptor_kind(name):
+    return config["descriptors"][name]["kind"]
+
+
+def descriptor_model_of(name):
+    """The trained model folder a descriptor needs (copydetect), as named input."""
+    if descriptor_kind(name) == "copydetect":
+        return {"descriptor_model": f"{R}/descriptors/{name}/model"}
+    return {}
+
+
+def descriptor_model(wildcards):
+    return descriptor_model_of(wildcards.descriptor)
+
+
+def primary_descriptor_model(wildcards):
+    return descriptor_model_of(primary())
+
+
+def frechet_features():
+    """The copydetect descriptor whose trunk is the Fréchet feature space (first one configured)."""
+    names = [d for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"]
+    return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
+
+
+def mitigation_inputs(wildcards):
+    """Neuron mitigations read the localized neurons; Wen's embedding mitigation reads detection."""
+    kind = config["mitigations"][wildcards.mitigation]["kind"]
+    if kind in ("nemo", "nemo_global", "random"):
+        return {"neurons": f"{R}/localize/{wildcards.variant}/neurons.parquet"}
+    if kind == "wen_embedding":
+        return {"scores": f"{R}/detect/{wildcards.variant}/scores.parquet"}
+    return {}
+
+
+def table_sources(wildcards=None):
+    """Every file the tables read, grouped by the view it feeds, with identifying columns."""
+    d0 = primary()
+    matched = has_reference_images()
+    sources = {
+        "prompts": [(f"{R}/prompts/prompts.parquet", {})],
+        "calibration": [(f"{R}/descriptors/{d}/calibration.json", {}) for d in descriptors() if matched],
+        "match_prompts": [
+            (f"{R}/matches/{d}/{v}/{m}_prompts.parquet", {"variant": v, "mitigation": m})
+            for d in descriptors()
+            for v, m in sample_sets()
+            if matched
+        ],
+        "matches_primary": [
+            (f"{R}/matches/{d0}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+            for v, m in sample_sets()
+            if matched
+        ],
+        "samples_primary": [(f"{R}/samples/{v}/{m}.parquet", {}) for v, m in sample_sets()],
+        "embeddings_primary": [
+            (f"{R}/embeddings/{d0}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+            for v, m in sample_sets()
+        ],
+        "detection_metrics": [
+            (f"{R}/validation/{v}/detection_metrics.parquet", {}) for v in variants()
+        ],
+        "neurons": [
+            (f"{R}/localize/{v}/neurons.parquet", {"variant": v}) for v in localized_variants()
+        ],
+        "mitigation_info": [(f"{R}/samples/{v}/{m}_info.parquet", {}) for v, m in sample_sets()],
+        "fidelity": [
+            (f"{R}/fidelity/{v}/{m}.json", {"variant": v, "mitigation": m})
+            for v, m in sample_sets()
+            if xray()
+        ],
+        "classifier": [(f"{R}/fidelity/classifier/evaluation.json", {})] if xray() else [],
+        "train_summary": [
+            (f"{R}/models/{v}/train_summary.json", {"variant": v}) for v in variants() if not pretrained(v)
+        ],
+        "retrigger": [
+            (f"{R}/retrigger/{v}.parquet", {"variant": v}) for v in localized_variants() if matched
+        ],
+    }
+    return sources
+
+
+def table_inputs(wildcards):
+    files = [path for group in table_sources().values() for path, _ in group]
+    return files
+
+
+def replication_inputs(wildcards):
+    """What detection is validated against besides the ground truth: measured replication."""
+    if not has_reference_images():
+        return {}
+    d0 = primary()
+    return {
+        "replication": f"{R}/matches/{d0}/{wildcards.variant}/none_prompts.parquet",
+        "matches": f"{R}/matches/{d0}/{wildcards.variant}/none.parquet",
+        "calibration": f"{R}/descriptors/{d0}/calibration.json",
+        "cache": f"{R}/cache/train",
+    }

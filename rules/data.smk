@@ -1,66 +1,116 @@
-# Stage 1: synthetic phantom studies (demo only) and the Parquet dataset cache.
+# Stage 1: the dataset cache and the evaluation prompt set. X-ray track: phantom studies (demo) or
+# a CheXpert-layout dataset. Stable Diffusion track (dataset.source: prompts): prompts from NeMo's
+# or Wen's files and, optionally, the original training images of the memorized prompts.
 
+if xray():
 
-rule phantoms:
-    output:
-        train=f"{R}/data/phantoms/train.csv",
-        valid=f"{R}/data/phantoms/valid.csv",
-        planted=f"{R}/data/phantoms/planted.csv",
-    params:
-        phantoms=config["phantoms"],
-    log:
-        f"{R}/logs/phantoms.log",
-    benchmark:
-        f"{R}/benchmarks/phantoms.tsv"
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    input:
-        code("phantoms", "chexpert", "prompts"),
-    script:
-        "../scripts/phantoms.py"
+    rule phantoms:
+        input:
+            code("phantoms", "chexpert", "prompts"),
+        output:
+            train=f"{R}/data/phantoms/train.csv",
+            valid=f"{R}/data/phantoms/valid.csv",
+            planted=f"{R}/data/phantoms/planted.csv",
+        params:
+            phantoms=config["phantoms"],
+        conda:
+            "../envs/mnemo.yaml"
+        log:
+            f"{R}/logs/phantoms.log",
+        benchmark:
+            f"{R}/benchmarks/phantoms.tsv"
+        threads: 2
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        script:
+            "../scripts/phantoms.py"
 
+    rule cache_dataset:
+        input:
+            code("dataset", "chexpert", "prompts", "privacy", "images"),
+            csv=lambda wc: dataset_csv(wc.split),
+            salt=config["privacy"]["salt_file"],
+        output:
+            cache=directory(f"{R}/cache/{{split}}"),
+            rejected=f"{R}/cache/{{split}}_rejected.csv",
+            summary=f"{R}/cache/{{split}}_summary.json",
+        params:
+            image_root=dataset_root(),
+            dataset=config["dataset"],
+        conda:
+            "../envs/mnemo.yaml"
+        log:
+            f"{R}/logs/cache_dataset/{{split}}.log",
+        benchmark:
+            f"{R}/benchmarks/cache_dataset/{{split}}.tsv"
+        threads: config["dataset"]["workers"]
+        resources:
+            mem_mb=4000,
+            runtime=120,
+        script:
+            "../scripts/cache_dataset.py"
 
-rule cache_dataset:
-    input:
-        code("dataset", "chexpert", "prompts", "privacy", "images"),
-        csv=lambda wc: dataset_csv(wc.split),
-        salt=config["privacy"]["salt_file"],
-    output:
-        cache=directory(f"{R}/cache/{{split}}"),
-        rejected=f"{R}/cache/{{split}}_rejected.csv",
-        summary=f"{R}/cache/{{split}}_summary.json",
-    params:
-        image_root=dataset_root(),
-        dataset=config["dataset"],
-    log:
-        f"{R}/logs/cache_dataset/{{split}}.log",
-    benchmark:
-        f"{R}/benchmarks/cache_dataset/{{split}}.tsv"
-    threads: config["dataset"]["workers"]
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    script:
-        "../scripts/cache_dataset.py"
+    rule prompts:
+        input:
+            code("promptset", "prompts", "chexpert", "privacy"),
+            cache=f"{R}/cache/train",
+            planted=planted_manifest(),
+            salt=config["privacy"]["salt_file"],
+        output:
+            f"{R}/prompts/prompts.parquet",
+        params:
+            prompts=config["prompts"],
+            uncertainty=config["dataset"]["uncertainty"],
+        conda:
+            "../envs/mnemo.yaml"
+        log:
+            f"{R}/logs/prompts.log",
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        script:
+            "../scripts/prompts.py"
 
+else:
 
-rule prompts:
-    input:
-        code("promptset", "prompts", "chexpert", "privacy"),
-        cache=f"{R}/cache/train",
-        planted=planted_manifest(),
-        salt=config["privacy"]["salt_file"],
-    output:
-        f"{R}/prompts/prompts.parquet",
-    params:
-        prompts=config["prompts"],
-        uncertainty=config["dataset"]["uncertainty"],
-    log:
-        f"{R}/logs/prompts.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../scripts/prompts.py"
+    rule prompts_from_files:
+        input:
+            code("promptset"),
+            memorized=config["prompts"].get("memorized") or [],
+            unmemorized=config["prompts"].get("unmemorized") or [],
+        output:
+            f"{R}/prompts/prompts.parquet",
+        params:
+            prompts=config["prompts"],
+        conda:
+            "../envs/mnemo.yaml"
+        log:
+            f"{R}/logs/prompts.log",
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        script:
+            "../scripts/prompts_from_files.py"
+
+    rule cache_originals:
+        input:
+            code("dataset", "promptset", "images"),
+            memorized=config["prompts"].get("memorized") or [],
+        output:
+            cache=directory(f"{R}/cache/train"),
+            summary=f"{R}/cache/train_summary.json",
+        params:
+            prompts=config["prompts"],
+            resolution=config["dataset"]["resolution"],
+        conda:
+            "../envs/mnemo.yaml"
+        log:
+            f"{R}/logs/cache_originals.log",
+        benchmark:
+            f"{R}/benchmarks/cache_dataset/train.tsv"
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        script:
+            "../scripts/cache_originals.py"

@@ -4,7 +4,7 @@
 rule detect:
     input:
         code("detect", "sample", "model", "metrics"),
-        model=f"{R}/models/{{variant}}/pipeline",
+        model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
     output:
         scores=f"{R}/detect/{{variant}}/scores.parquet",
@@ -14,6 +14,8 @@ rule detect:
     params:
         detect=config["detect"],
         seed=config["generate"]["seed"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/detect/{{variant}}.log",
     benchmark:

@@ -1,25 +1,6 @@
 # Stage 3b: copy-detection descriptors, embeddings and nearest-neighbour matching.
 
 
-def descriptor_kind(name):
-    return config["descriptors"][name]["kind"]
-
-
-def descriptor_model_of(name):
-    """The trained model folder a descriptor needs (copydetect), as named input."""
-    if descriptor_kind(name) == "copydetect":
-        return {"descriptor_model": f"{R}/descriptors/{name}/model"}
-    return {}
-
-
-def descriptor_model(wildcards):
-    return descriptor_model_of(wildcards.descriptor)
-
-
-def primary_descriptor_model(wildcards):
-    return descriptor_model_of(primary())
-
-
 rule train_copydetect:
     input:
         code("descriptors", "augment", "dataset", "images"),
@@ -30,6 +11,8 @@ rule train_copydetect:
     params:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/train_copydetect/{{descriptor}}.log",
     benchmark:
@@ -53,6 +36,8 @@ rule calibrate_descriptor:
     params:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/calibrate_descriptor/{{descriptor}}.log",
     threads: 2
@@ -73,6 +58,8 @@ rule embed_train:
     params:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="cache",
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/embed_train/{{descriptor}}.log",
     benchmark:
@@ -96,6 +83,8 @@ rule embed_samples:
     params:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="samples",
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/embed_samples/{{descriptor}}/{{variant}}/{{mitigation}}.log",
     benchmark:
@@ -123,6 +112,8 @@ rule match:
         prompts=f"{R}/matches/{{descriptor}}/{{variant}}/{{mitigation}}_prompts.parquet",
     params:
         match=config["match"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/match/{{descriptor}}/{{variant}}/{{mitigation}}.log",
     benchmark:

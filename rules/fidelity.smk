@@ -2,12 +2,6 @@
 # and Fréchet distance in the in-house descriptor's feature space.
 
 
-def frechet_features():
-    """The copydetect descriptor whose trunk is the Fréchet feature space (first one configured)."""
-    names = [d for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"]
-    return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
-
-
 rule train_classifier:
     input:
         code("fidelity", "dataset", "images"),
@@ -19,6 +13,8 @@ rule train_classifier:
     params:
         fidelity=config["fidelity"],
         holdout=config["match"]["calibration"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/train_classifier.log",
     benchmark:
@@ -42,6 +38,8 @@ rule fidelity:
         cache=f"{R}/cache/train",
     output:
         f"{R}/fidelity/{{variant}}/{{mitigation}}.json",
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/fidelity/{{variant}}/{{mitigation}}.log",
     benchmark:

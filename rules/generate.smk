@@ -1,21 +1,11 @@
 # Stage 3: seeded generation per variant and mitigation (config `variants.<v>.mitigations`).
 
 
-def mitigation_inputs(wildcards):
-    """Neuron mitigations read the localized neurons; Wen's embedding mitigation reads detection."""
-    kind = config["mitigations"][wildcards.mitigation]["kind"]
-    if kind in ("nemo", "nemo_global", "random"):
-        return {"neurons": f"{R}/localize/{wildcards.variant}/neurons.parquet"}
-    if kind == "wen_embedding":
-        return {"scores": f"{R}/detect/{wildcards.variant}/scores.parquet"}
-    return {}
-
-
 rule generate:
     input:
         code("sample", "model", "mitigate", "images"),
         unpack(mitigation_inputs),
-        model=f"{R}/models/{{variant}}/pipeline",
+        model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
     output:
         samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
@@ -28,9 +18,11 @@ rule generate:
         ),
     params:
         generate=config["generate"],
-        guidance=lambda wc: config["variants"][wc.variant]["guidance"],
+        guidance=lambda wc: guidance_of(wc.variant, wc.mitigation),
         mitigation=lambda wc: config["mitigations"][wc.mitigation],
         blocks=config["localize"]["blocks"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/generate/{{variant}}/{{mitigation}}.log",
     benchmark:

@@ -4,7 +4,7 @@
 rule localize:
     input:
         code("localize", "detect", "mitigate", "sample", "model", "plots"),
-        model=f"{R}/models/{{variant}}/pipeline",
+        model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
         scores=f"{R}/detect/{{variant}}/scores.parquet",
         threshold=f"{R}/detect/{{variant}}/threshold.json",
@@ -27,6 +27,8 @@ rule localize:
         localize=config["localize"],
         seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/localize/{{variant}}.log",
     benchmark:

@@ -3,50 +3,6 @@
 from mnemo.tables import TABLE_NAMES
 
 
-def table_sources(wildcards=None):
-    """Every file the tables read, grouped by the view it feeds, with identifying columns."""
-    d0 = primary()
-    sources = {
-        "prompts": [(f"{R}/prompts/prompts.parquet", {})],
-        "calibration": [(f"{R}/descriptors/{d}/calibration.json", {}) for d in descriptors()],
-        "match_prompts": [
-            (f"{R}/matches/{d}/{v}/{m}_prompts.parquet", {"variant": v, "mitigation": m})
-            for d in descriptors()
-            for v, m in sample_sets()
-        ],
-        "samples_primary": [
-            (f"{R}/samples/{v}/{m}.parquet", {}) for v, m in sample_sets()
-        ],
-        "embeddings_primary": [
-            (f"{R}/embeddings/{d0}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
-            for v, m in sample_sets()
-        ],
-        "detection_metrics": [
-            (f"{R}/validation/{v}/detection_metrics.parquet", {}) for v in variants()
-        ],
-        "neurons": [
-            (f"{R}/localize/{v}/neurons.parquet", {"variant": v}) for v in localized_variants()
-        ],
-        "mitigation_info": [
-            (f"{R}/samples/{v}/{m}_info.parquet", {}) for v, m in sample_sets()
-        ],
-        "fidelity": [
-            (f"{R}/fidelity/{v}/{m}.json", {"variant": v, "mitigation": m}) for v, m in sample_sets()
-        ],
-        "classifier": [(f"{R}/fidelity/classifier/evaluation.json", {})],
-        "train_summary": [
-            (f"{R}/models/{v}/train_summary.json", {"variant": v}) for v in variants()
-        ],
-        "retrigger": [(f"{R}/retrigger/{v}.parquet", {"variant": v}) for v in localized_variants()],
-    }
-    return sources
-
-
-def table_inputs(wildcards):
-    files = [path for group in table_sources().values() for path, _ in group]
-    return files
-
-
 rule tables:
     input:
         code("tables", "plots"),
@@ -66,6 +22,8 @@ rule tables:
         primary=primary(),
         primary_mode=config["localize"]["mode"],
         title=config["report"]["title"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/tables.log",
     resources:

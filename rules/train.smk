@@ -16,9 +16,11 @@ rule train:
             labels={"variant": "{variant}", "figure": "loss curve"},
         ),
     params:
-        model=config["model"],
+        model=config.get("model", {}),
         train=lambda wc: variant_train_config(config, wc.variant),
         checkpoint_dir=lambda wc: f"{R}/checkpoints/{wc.variant}",
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/train/{{variant}}.log",
     benchmark:

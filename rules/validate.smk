@@ -4,12 +4,9 @@
 rule validate_detection:
     input:
         code("validation", "metrics", "plots", "images"),
+        unpack(replication_inputs),
         scores=f"{R}/detect/{{variant}}/scores.parquet",
-        replication=f"{R}/matches/{primary()}/{{variant}}/none_prompts.parquet",
-        matches=f"{R}/matches/{primary()}/{{variant}}/none.parquet",
         samples=f"{R}/samples/{{variant}}/none.parquet",
-        calibration=f"{R}/descriptors/{primary()}/calibration.json",
-        cache=f"{R}/cache/train",
     output:
         metrics=f"{R}/validation/{{variant}}/detection_metrics.parquet",
         roc=report(
@@ -33,6 +30,8 @@ rule validate_detection:
     params:
         grid_prompts=config["report"]["grid_prompts"],
         grid_detector=config["report"]["grid_detector"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/validate_detection/{{variant}}.log",
     resources:
@@ -46,7 +45,7 @@ rule retrigger:
     input:
         code("retrigger", "mitigate", "sample", "model", "descriptors", "dataset", "images"),
         unpack(primary_descriptor_model),
-        model=f"{R}/models/{{variant}}/pipeline",
+        model=model_dir,
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         prompts=f"{R}/prompts/prompts.parquet",
         cache=f"{R}/cache/train",
@@ -58,6 +57,8 @@ rule retrigger:
         descriptor=lambda wc: config["descriptors"][primary()],
         blocks=config["localize"]["blocks"],
         sampling_steps=config["generate"]["steps"],
+    conda:
+        "../envs/mnemo.yaml"
     log:
         f"{R}/logs/retrigger/{{variant}}.log",
     benchmark:

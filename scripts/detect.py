@@ -1,12 +1,11 @@
 import pyarrow.parquet as pq
 
 from mnemo.detect import DetectConfig, detect_prompts
-from mnemo.model import DiffusionModel
-from mnemo.workflow import device_of, job, write_json, write_parquet
+from mnemo.workflow import job, load_model, write_json, write_parquet
 
 with job(snakemake) as log:
     config = DetectConfig(**snakemake.params.detect, seed=snakemake.params.seed)
-    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device_of(snakemake))
+    model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
     result = detect_prompts(model, prompts, config)
     write_parquet(result["scores"], snakemake.output.scores)

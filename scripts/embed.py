@@ -2,9 +2,9 @@ import pyarrow.parquet as pq
 
 from mnemo.dataset import cache_images, read_cache
 from mnemo.descriptors import build_descriptor
-from mnemo.embeddings import Embeddings, write_embeddings
+from mnemo.embeddings import Embeddings, embed_in_chunks, write_embeddings
 from mnemo.images import decode_pngs
-from mnemo.workflow import device_of, job
+from mnemo.workflow import device_of, fault_point, job
 
 with job(snakemake) as log:
     name = snakemake.wildcards.descriptor
@@ -16,6 +16,6 @@ with job(snakemake) as log:
         ids, images = table.column("sample_id").to_pylist(), decode_pngs(table.column("image").to_pylist())
     descriptor = build_descriptor(name, snakemake.params.settings, snakemake.input.get("descriptor_model"),
                                   device_of(snakemake))
-    vectors = descriptor.embed(images)
+    vectors = embed_in_chunks(descriptor, images, on_chunk=lambda i: fault_point("embed", i))
     write_embeddings(Embeddings(ids, vectors, name, descriptor.recipe), snakemake.output[0])
     log.info("embedded %d images with %s (%s), dim %d", len(ids), name, descriptor.recipe, vectors.shape[1])

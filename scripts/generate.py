@@ -2,14 +2,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnemo.mitigate import build_mitigation
-from mnemo.model import DiffusionModel
 from mnemo.sample import generate, plan_requests, sample_seed, samples_table, sheet_of_samples
-from mnemo.workflow import device_of, job, write_parquet
+from mnemo.workflow import fault_point, job, load_model, write_parquet
 
 with job(snakemake) as log:
     settings = snakemake.params.generate
     variant, name = snakemake.wildcards.variant, snakemake.wildcards.mitigation
-    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device_of(snakemake))
+    model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts, columns=["prompt_id", "prompt"])
     ids, texts = prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist()
     n = settings["samples_per_prompt"]
@@ -27,7 +26,8 @@ with job(snakemake) as log:
         **extra,
     )
     requests = plan_requests(ids, texts, n, snakemake.params.guidance, settings["seed"])
-    images, seconds = generate(model, requests, settings["steps"], settings["batch_size"], mitigation)
+    images, seconds = generate(model, requests, settings["steps"], settings["batch_size"], mitigation,
+                               on_batch=lambda i: fault_point("generate", i))
     table = samples_table(requests, images, variant, name, settings["steps"])
     write_parquet(table, snakemake.output.samples)
     info_table = pa.Table.from_pylist([{"variant": variant, "mitigation": name, **r} for r in info]) if info \

@@ -1,15 +1,14 @@
 import pyarrow.parquet as pq
 
 from mnemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
-from mnemo.model import DiffusionModel
 from mnemo.plots import plot_neuron_counts, plot_neurons_per_layer
-from mnemo.workflow import device_of, job, read_json, write_parquet
+from mnemo.workflow import job, load_model, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
     config = LocalizeConfig(**settings, seed=snakemake.params.seed, steps=snakemake.params.steps)
-    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device_of(snakemake))
+    model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
     scores = pq.read_table(snakemake.input.scores, columns=["prompt_id", "nemo_flagged"]).to_pylist()
     flagged = [r["prompt_id"] for r in scores if r["nemo_flagged"]]

@@ -4,16 +4,15 @@ import pyarrow.parquet as pq
 from mnemo.dataset import cache_images, read_cache
 from mnemo.descriptors import build_descriptor
 from mnemo.mitigate import value_layers
-from mnemo.model import DiffusionModel
 from mnemo.retrigger import RetriggerConfig, run_retrigger
-from mnemo.workflow import device_of, job, read_json, write_parquet
+from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.retrigger)
     max_prompts = settings.pop("max_prompts")
     config = RetriggerConfig(**settings, sampling_steps=snakemake.params.sampling_steps)
     device = device_of(snakemake)
-    model = DiffusionModel.from_pretrained(snakemake.input.model, device=device)
+    model = load_model(snakemake)
     localized = [r for r in pq.read_table(snakemake.input.neurons).to_pylist() if r["mode"] != "sequential"]
     prompts = pq.read_table(snakemake.input.prompts)
     cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])

@@ -2,7 +2,7 @@ from mnemo.dataset import cache_images, read_cache
 from mnemo.model import DiffusionModel, ModelConfig
 from mnemo.plots import plot_loss_curve
 from mnemo.train import TrainConfig, fingerprint, train, write_history, write_summary
-from mnemo.workflow import device_of, job
+from mnemo.workflow import device_of, fault_point, job
 
 with job(snakemake) as log:
     cache = read_cache(snakemake.input.cache, columns=["prompt", "content_hash", "image"])
@@ -16,7 +16,8 @@ with job(snakemake) as log:
     log.info("training %s on %d images (%s), fingerprint %s", snakemake.wildcards.variant, len(images),
              tuple(images.shape[1:]), run_id)
     result = train(model, images, prompts, train_config, snakemake.params.checkpoint_dir,
-                   device=device_of(snakemake), run_fingerprint=run_id, log=log.info)
+                   device=device_of(snakemake), run_fingerprint=run_id, log=log.info,
+                   on_checkpoint=lambda step: fault_point("train", step))
     model.save_pretrained(snakemake.output.model)
     write_history(result.history, snakemake.output.history)
     write_summary(result, train_config, snakemake.output.summary)

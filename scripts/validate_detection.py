@@ -8,8 +8,11 @@ from mnemo.workflow import job, read_json, write_parquet
 with job(snakemake) as log:
     variant = snakemake.wildcards.variant
     scores = pq.read_table(snakemake.input.scores)
-    threshold = read_json(snakemake.input.calibration)["threshold"]
-    replication = replication_by_prompt(pq.read_table(snakemake.input.replication), threshold)
+    measured = hasattr(snakemake.input, "replication")
+    replication, threshold = {}, None
+    if measured:
+        threshold = read_json(snakemake.input.calibration)["threshold"]
+        replication = replication_by_prompt(pq.read_table(snakemake.input.replication), threshold)
     table = detection_metrics(scores, replication, variant)
     write_parquet(table, snakemake.output.metrics)
     for row in table.to_pylist():
@@ -17,6 +20,8 @@ with job(snakemake) as log:
                  row["tpr_at_1pct_fpr"], row["spearman_vs_similarity"])
     plot_detection_roc(scores, replication, DETECTORS, snakemake.output.roc, title=variant)
     plot_score_vs_similarity(scores, replication, snakemake.params.grid_detector, threshold, snakemake.output.scatter)
-    cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])
-    top_bottom_grid(scores, pq.read_table(snakemake.input.samples), pq.read_table(snakemake.input.matches), cache,
-                    snakemake.params.grid_detector, snakemake.params.grid_prompts, snakemake.output.grid)
+    samples = pq.read_table(snakemake.input.samples)
+    cache = read_cache(snakemake.input.cache, columns=["image_id", "image"]) if measured else None
+    matches = pq.read_table(snakemake.input.matches) if measured else None
+    top_bottom_grid(scores, samples, matches, cache, snakemake.params.grid_detector, snakemake.params.grid_prompts,
+                    snakemake.output.grid)

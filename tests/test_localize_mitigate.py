@@ -196,3 +196,39 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model):
             assert result.refined_score <= tau
     assert results["batched"].refined_neurons == results["sequential"].refined_neurons
     assert results["batched"].unet_calls <= results["sequential"].unet_calls
+
+
+# --- Wen et al.'s inference-time mitigation ------------------------------------------------------
+
+def test_prompt_embedding_optimisation_lowers_the_magnitude(tiny_model):
+    from mnemo.mitigate import WenEmbeddingConfig, build_mitigation, optimize_prompt_embeddings
+    from mnemo.sample import sample_seed
+
+    seeds = [[sample_seed(p, i) for i in range(3)] for p in ("a", "b")]
+    config = WenEmbeddingConfig(learning_rate=0.05, iterations=5)
+    results = optimize_prompt_embeddings(tiny_model, TINY_PROMPTS[:2], seeds, steps=3, config=config, target=0.0)
+    for r in results:
+        assert r["iterations"] == 5
+        assert r["final_loss"] < r["initial_loss"]
+    original = tiny_model.encode_prompts(TINY_PROMPTS[:2])
+    assert torch.equal(results[0]["embedding"][0], original[0, 0])  # start token untouched
+    assert not torch.equal(results[0]["embedding"], original[0])
+    # a prompt already under the target is left exactly as it was
+    done = optimize_prompt_embeddings(tiny_model, TINY_PROMPTS[:1], seeds[:1], 3, config, target=1e9)
+    assert done[0]["iterations"] == 0 and torch.equal(done[0]["embedding"], original[0])
+    # only_flagged: prompts the detector did not flag are sampled with their own embedding
+    mitigation, info = build_mitigation("w", {"kind": "wen_embedding", "iterations": 2, "only_flagged": True},
+                                        tiny_model, prompt_ids=["a", "b"], prompts=TINY_PROMPTS[:2], seeds=seeds,
+                                        flagged={"b"}, reference_magnitude=0.0, steps=3)
+    assert [r["prompt_id"] for r in info] == ["b"] and set(mitigation.embeddings) == {"b"}
+
+
+def test_random_control_matches_counts_per_layer(tiny_model):
+    from mnemo.mitigate import locate, random_like
+
+    layers = value_layers(tiny_model.unet)
+    neurons = [1, 2, layers[1].offset + 5, layers[2].offset + 1]
+    control = random_like(layers, neurons, "seed")
+    per_layer = lambda ns: sorted(locate(layers, n)[0] for n in ns)  # noqa: E731
+    assert per_layer(control) == per_layer(neurons)
+    assert control == random_like(layers, neurons, "seed")

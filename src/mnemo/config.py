@@ -119,6 +119,32 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'dataset.csv': file {dataset['csv']} does not exist")
         if not Path(dataset["image_root"]).is_dir():
             raise ConfigError(f"config key 'dataset.image_root': folder {dataset['image_root']} does not exist")
+    if dataset.get("source") == "prompts":
+        prompts = config.get("prompts", {})
+        for key in ("memorized", "unmemorized"):
+            if not prompts.get(key):
+                raise ConfigError(f"config key 'prompts.{key}': required when dataset.source is 'prompts'")
+            if not Path(prompts[key]).is_file():
+                raise ConfigError(f"config key 'prompts.{key}': file {prompts[key]} does not exist")
+        if prompts.get("originals") and not Path(prompts["originals"]).is_dir():
+            raise ConfigError(f"config key 'prompts.originals': folder {prompts['originals']} does not exist")
+        for name, variant in config.get("variants", {}).items():
+            if not variant.get("pretrained"):
+                raise ConfigError(f"config key 'variants.{name}.pretrained': dataset.source 'prompts' has no "
+                                  "training data, so every variant needs a pretrained model folder")
+        for name, descriptor in config.get("descriptors", {}).items():
+            if descriptor.get("kind") == "copydetect":
+                raise ConfigError(f"config key 'descriptors.{name}': copydetect is trained on the X-ray cache; "
+                                  "use sscd or pixel on the prompts track")
+    for name, variant in config.get("variants", {}).items():
+        path = variant.get("pretrained")
+        if path and not (Path(path) / "unet" / "config.json").is_file():
+            raise ConfigError(
+                f"config key 'variants.{name}.pretrained': {path} is not a diffusers pipeline folder "
+                "(no unet/config.json). For Stable Diffusion v1.4 download CompVis/stable-diffusion-v1-4 "
+                "in diffusers format (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4`) and "
+                "give the local folder"
+            )
     mitigations = config.get("mitigations", {})
     for name, variant in config.get("variants", {}).items():
         for mitigation in variant.get("mitigations", []):

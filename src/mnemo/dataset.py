@@ -459,3 +459,35 @@ def patient_holdout(patient_ids: list[str], fraction: float, seed: int = 0) -> n
     count = max(1, round(fraction * len(unique))) if fraction > 0 else 0
     held = set(rng.choice(unique, size=min(count, len(unique)), replace=False).tolist()) if count else set()
     return np.array([p in held for p in patient_ids], dtype=bool)
+
+
+def build_originals_cache(memorized: list[dict], originals: dict[str, list[Path]], out_dir: str | Path,
+                          resolution: int) -> int:
+    """Cache the original training images of memorized prompts (Stable Diffusion track), RGB.
+
+    Same layout as the X-ray cache (image_id, patient_id, prompt, content_hash, image), with the
+    prompt's index standing in for the patient, so matching and SSCD_Orig run unchanged.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from mnemo.promptset import original_image_id
+
+    rows = []
+    for entry in memorized:
+        for k, path in enumerate(originals.get(entry["index"], [])):
+            try:
+                with Image.open(path) as image:
+                    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as error:
+                raise BadImageError(path, f"unreadable image ({type(error).__name__}: {error})") from None
+            channels = [resize_square(rgb[..., c], resolution) for c in range(3)]
+            pixels = np.stack(channels, axis=-1)
+            rows.append({"image_id": original_image_id(entry["index"], k), "patient_id": f"prompt-{entry['index']}",
+                         "prompt": entry["caption"], "content_hash": content_hash(pixels.tobytes()),
+                         "source_format": path.suffix.lower().lstrip("."), "image": encode_png(pixels)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("image_id", pa.string()), ("patient_id", pa.string()), ("prompt", pa.string()),
+                        ("content_hash", pa.string()), ("source_format", pa.string()), ("image", pa.binary())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "part-00000.parquet", compression="zstd")
+    return len(rows)

@@ -53,3 +53,13 @@ def read_embeddings(path: str | Path) -> Embeddings:
     vectors = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32).reshape(len(table), dim))
     return Embeddings(table.column("id").to_pylist(), vectors, meta.get("mnemo.descriptor", ""),
                       meta.get("mnemo.recipe", ""))
+
+
+def embed_in_chunks(descriptor, images: torch.Tensor, chunk: int = 1024, on_chunk=None) -> torch.Tensor:
+    """descriptor.embed over chunks of images, calling `on_chunk(i)` after each (progress, tests)."""
+    parts = []
+    for i, begin in enumerate(range(0, len(images), chunk), start=1):
+        parts.append(descriptor.embed(images[begin:begin + chunk]))
+        if on_chunk is not None:
+            on_chunk(i)
+    return torch.cat(parts) if parts else torch.empty(0, descriptor.dim)

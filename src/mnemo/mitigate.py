@@ -245,6 +245,7 @@ def optimize_prompt_embeddings(model: DiffusionModel, prompts: Sequence[str], se
             optimizer.step()
             with torch.no_grad():  # prompts that are done keep their embedding exactly
                 embeds[~active.to(embeds.device)] = frozen[~active.to(embeds.device)]
+                embeds[:, 0] = frozen[:, 0]  # AdamW's weight decay would move it despite the zero grad
             for i in range(len(group)):
                 iterations[i] += int(active[i])
         seconds = (time.perf_counter() - tick) / len(group)

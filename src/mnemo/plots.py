@@ -91,11 +91,11 @@ def plot_detection_roc(scores, replication: dict, detectors, path: str | Path, t
     from mnemo.validation import roc_points
 
     rows = scores.select(["prompt_id", "memorized_truth"]).to_pylist()
-    truths = {
-        "planted prompts": {r["prompt_id"]: bool(r["memorized_truth"]) for r in rows},
-        "measured replication": {pid: v["replicated"] for pid, v in replication.items()},
-    }
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    truths = {"memorized (ground truth)": {r["prompt_id"]: bool(r["memorized_truth"]) for r in rows}}
+    if replication:
+        truths["measured replication"] = {pid: v["replicated"] for pid, v in replication.items()}
+    fig, axes = plt.subplots(1, len(truths), figsize=(5 * len(truths), 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (name, labels) in zip(axes, truths.items(), strict=True):
         for i, detector in enumerate(d for d in detectors if d in scores.column_names):
             fpr, tpr = roc_points(scores, labels, detector)
@@ -108,13 +108,19 @@ def plot_detection_roc(scores, replication: dict, detectors, path: str | Path, t
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlim(0, 1)
     axes[0].set_ylabel("true-positive rate")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[-1].legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
-def plot_score_vs_similarity(scores, replication: dict, detector: str, threshold: float, path: str | Path) -> None:
+def plot_score_vs_similarity(scores, replication: dict, detector: str, threshold: float | None,
+                             path: str | Path) -> None:
     rows = [r for r in scores.select(["prompt_id", "group", detector]).to_pylist() if r["prompt_id"] in replication]
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    if not rows:
+        ax.text(0.5, 0.5, "no reference images: replication not measured", ha="center", va="center",
+                transform=ax.transAxes)
+        _save(fig, path)
+        return
     for group in sorted({r["group"] for r in rows}):
         chosen = [r for r in rows if r["group"] == group]
         ax.scatter([r[detector] for r in chosen], [replication[r["prompt_id"]]["max_similarity"] for r in chosen],
@@ -133,8 +139,10 @@ def top_bottom_grid(scores, samples, matches, cache, detector: str, count: int, 
 
     ranked = sorted(scores.select(["prompt_id", detector]).to_pylist(), key=lambda r: -r[detector])
     chosen = ranked[:count] + ranked[-count:] if len(ranked) > 2 * count else ranked
-    images = dict(zip(cache.column("image_id").to_pylist(), cache.column("image").to_pylist(), strict=True))
-    by_sample = {r["sample_id"]: r for r in matches.select(["sample_id", "nn_image_id", "nn_similarity"]).to_pylist()}
+    images = {} if cache is None else dict(zip(cache.column("image_id").to_pylist(),
+                                               cache.column("image").to_pylist(), strict=True))
+    by_sample = {} if matches is None else {
+        r["sample_id"]: r for r in matches.select(["sample_id", "nn_image_id", "nn_similarity"]).to_pylist()}
     by_prompt: dict[str, list] = {}
     top_guidance = max(samples.column("guidance").to_pylist())
     for r in samples.select(["sample_id", "prompt_id", "guidance", "image"]).to_pylist():
@@ -144,9 +152,12 @@ def top_bottom_grid(scores, samples, matches, cache, detector: str, count: int, 
     for entry in chosen:
         cells, caps = [], []
         for sample in by_prompt.get(entry["prompt_id"], [])[:per_prompt]:
-            match = by_sample[sample["sample_id"]]
-            cells += [decode_png(sample["image"]), decode_png(images[match["nn_image_id"]])]
-            caps += [f"g={sample['guidance']:g}", f"nn {match['nn_similarity']:.2f}"]
+            cells.append(decode_png(sample["image"]))
+            caps.append(f"g={sample['guidance']:g}")
+            match = by_sample.get(sample["sample_id"])
+            if match is not None:
+                cells.append(decode_png(images[match["nn_image_id"]]))
+                caps.append(f"nn {match['nn_similarity']:.2f}")
         rows.append(cells)
         captions.append(caps)
         titles.append(f"{entry['prompt_id']} {entry[detector]:.2f}")

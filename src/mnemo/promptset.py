@@ -123,3 +123,95 @@ def build_prompt_set(cache: pa.Table, config: PromptSetConfig, policy: str,
     for text in heldout_prompts(set(images_of), config.heldout, rng, policy):
         add("heldout", text)
     return pa.Table.from_pylist(rows, schema=prompt_set_schema())
+
+
+# ---------------------------------------------------------------------------------------------
+# Stable Diffusion track: prompts from NeMo's CSVs or Wen's jsonl
+# ---------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_prompt_file(path: str | Path, memorized: bool) -> list[dict]:
+    """Rows {index, caption, group} from NeMo's `;`-separated CSVs or Wen's jsonl.
+
+    NeMo's memorized file has Caption, URL, type (VM/TM), ..., Index; the unmemorized one
+    Caption;URL;Index; Wen's jsonl has caption, index, url (no VM/TM split: group 'memorized').
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} not found")
+    rows: list[dict] = []
+    if path.suffix == ".jsonl":
+        for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                rows.append({"index": str(record["index"]), "caption": str(record["caption"]),
+                             "group": "memorized" if memorized else "nonmemorized"})
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{path}:{line_number}: not a {{caption, index}} JSON line ({error})") from None
+        return rows
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=";")
+        fields = reader.fieldnames or []
+        if "Caption" not in fields:
+            raise ValueError(f"{path}: no 'Caption' column (expected NeMo's ';'-separated prompt CSV); "
+                             f"columns are {fields}")
+        for line_number, record in enumerate(reader, start=2):
+            index = record.get("Index") or record.get("") or str(line_number - 2)
+            group = "nonmemorized"
+            if memorized:
+                group = (record.get("type") or "memorized").strip() or "memorized"
+            if not (record.get("Caption") or "").strip():
+                raise ValueError(f"{path}:{line_number}: empty Caption")
+            rows.append({"index": str(index).strip(), "caption": record["Caption"].strip(), "group": group})
+    return rows
+
+
+def original_images(folder: str | Path | None) -> dict[str, list[Path]]:
+    """Index -> original training image files: `{Index}.ext`, `{Index}_k.ext` or `{Index}/*.ext`."""
+    if not folder:
+        return {}
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"originals folder {root} not found")
+    found: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        key = path.parent.name if path.parent != root else path.stem.split("_")[0]
+        found[key].append(path)
+    return dict(found)
+
+
+def original_image_id(index: str, k: int) -> str:
+    return f"orig-{index}-{k}"
+
+
+def build_prompt_set_from_files(memorized: list[dict], unmemorized: list[dict],
+                                originals: dict[str, list[Path]], max_memorized: int | None = None,
+                                max_unmemorized: int | None = None) -> pa.Table:
+    """Prompt table of the SD track: memorized prompts (VM/TM) and reference (unmemorized) ones."""
+    rows = []
+    for entries, limit, memorized_flag in ((memorized, max_memorized, True), (unmemorized, max_unmemorized, False)):
+        for position, entry in enumerate(entries[:limit] if limit else entries):
+            files = originals.get(entry["index"], []) if memorized_flag else []
+            ids = [original_image_id(entry["index"], k) for k in range(len(files))]
+            prefix = "mem" if memorized_flag else "ref"
+            rows.append({
+                "prompt_id": f"{prefix}-{position:04d}",
+                "prompt": entry["caption"],
+                "group": entry["group"],
+                "memorized_truth": memorized_flag,
+                "reference": not memorized_flag,
+                "planted_id": None,
+                "n_train_images": len(ids),
+                "train_image_ids": ids,
+                "train_patient_ids": [],
+                "source_image_ids": ids,
+            })
+    return pa.Table.from_pylist(rows, schema=prompt_set_schema())

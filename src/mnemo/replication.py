@@ -132,7 +132,7 @@ def per_prompt(matches: pa.Table, diversity_table: pa.Table, thresholds: dict[st
     con = duckdb.connect()
     con.register("matches", matches)
     con.register("diversity", diversity_table)
-    table = con.execute(f"""
+    table = con.sql(f"""
         SELECT m.prompt_id, any_value(m.group) AS "group", m.guidance,
                count(*) AS samples,
                max(m.nn_similarity) AS max_similarity,

@@ -110,6 +110,7 @@ def generate(
     batch_size: int = 64,
     mitigation: Mitigation | None = None,
     progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Draw every request, batched across prompts; returns uint8 images and seconds per batch."""
     from tqdm import tqdm
@@ -143,6 +144,8 @@ def generate(
                 by_position[position] = image
             seconds.append(time.perf_counter() - tick)
             bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(len(seconds))
     bar.close()
     images = torch.stack(by_position) if by_position else torch.empty(0)
     return images, seconds

@@ -35,6 +35,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("mitigation", "Mitigations",
      "Primary descriptor, calibrated threshold. Twin similarity: each sample vs the unmitigated sample "
      "drawn from the same seed."),
+    ("nemo_paper", "NeMo-style evaluation per prompt group",
+     "Per prompt the median over its samples, then median and MAD over prompts: SSCD_Orig (similarity "
+     "to the prompt's own training images), SSCD_Gen (to the unmitigated twin), D_SSCD (diversity)."),
     ("fidelity", "Label fidelity and sample quality",
      "Label classifier AUC of generated samples against their prompts' labels; Fréchet distance "
      "to real images in the named feature space."),
@@ -70,10 +73,19 @@ def _reader(path: str) -> str:
     raise ValueError(f"no reader for {path}")
 
 
+# Columns of views that may have no source in a run (e.g. no reference images on the SD track),
+# so that queries joining them still bind and return NULLs.
+EMPTY_VIEWS = {
+    "matches_primary": "CAST(NULL AS VARCHAR) AS variant, CAST(NULL AS VARCHAR) AS mitigation, "
+                       "CAST(NULL AS VARCHAR) AS sample_id, CAST(NULL AS FLOAT) AS source_similarity",
+}
+
+
 def register(con: duckdb.DuckDBPyConnection, name: str, sources: Sequence[Source], columns: str = "*") -> None:
     """View `name` = UNION ALL of the sources, each tagged with its constant columns."""
     if not sources:
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT NULL AS _empty WHERE FALSE")
+        empty = EMPTY_VIEWS.get(name, "NULL AS _empty")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE FALSE")
         return
     parts = []
     for path, labels in sources:
@@ -94,7 +106,7 @@ def run_queries(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[st
     tables = {}
     for name in names:
         try:
-            tables[name] = con.execute(query(name)).to_arrow_table()
+            tables[name] = con.sql(query(name)).to_arrow_table()
         except (duckdb.CatalogException, duckdb.BinderException) as error:
             reason = str(error).splitlines()[0]
             tables[name] = pa.table({"note": [f"not computed in this run: {reason}"]})

@@ -63,6 +63,18 @@ def job(snakemake: Any) -> Iterator[logging.Logger]:
         raise
 
 
+def fault_point(stage: str, count: int) -> None:
+    """Fault injection for the reliability tests: `MNEMO_FAULT=stage:count` makes the job kill
+    itself with SIGKILL when `stage` reaches `count` (e.g. `train:3` = after the step-3
+    checkpoint, `generate:1` = after the first batch). Unset in normal runs: does nothing."""
+    spec = os.environ.get("MNEMO_FAULT", "")
+    if spec and spec == f"{stage}:{count}":
+        import signal
+
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def notify(logger: logging.Logger, message: str) -> None:
     """Log a message and also show it on the terminal that runs Snakemake."""
     logger.warning("%s", message)
@@ -95,3 +107,16 @@ def write_parquet(table, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
+
+
+def load_model(snakemake: Any):
+    """The variant's model on the job's device, in the variant's dtype (`auto`: float16 for
+    pretrained models on CUDA, float32 otherwise)."""
+    from mnemo.model import DiffusionModel
+
+    device = device_of(snakemake)
+    variant = snakemake.config["variants"][snakemake.wildcards.variant]
+    name = variant.get("dtype", "auto")
+    if name == "auto":
+        name = "float16" if device.type == "cuda" and variant.get("pretrained") else "float32"
+    return DiffusionModel.from_pretrained(snakemake.input.model, device=device, dtype=getattr(torch, name))

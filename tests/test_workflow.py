@@ -1,0 +1,190 @@
+"""The tiny workflow end to end (config/test.yaml) and the promises it makes to its users:
+every stage runs, only changed stages recompute, a killed run resumes to the same tables,
+runs are deterministic and parallel runs equal serial ones, no patient identifier leaks."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+from pathlib import Path
+
+import duckdb
+import pydicom
+import pytest
+
+from tests.workflow import REPO, snakemake, write_config
+
+TEST_CONFIG = REPO / "config" / "test.yaml"
+TIMING_COLUMNS = re.compile(r"seconds|overhead|step_seconds")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """One tiny run with two cores, shared by the tests below (about two minutes)."""
+    work = tmp_path_factory.mktemp("demo")
+    snakemake(work, "--cores", "2", configfiles=(TEST_CONFIG,))
+    return work
+
+
+def _tables(work: Path) -> dict[str, list[dict]]:
+    """Every table except the wall-clock cost table, without timing columns."""
+    out = {}
+    for path in sorted((work / "results" / "tables").glob("*.csv")):
+        if path.stem == "cost":
+            continue
+        rows = list(csv.DictReader(path.open()))
+        out[path.stem] = [{k: v for k, v in r.items() if not TIMING_COLUMNS.search(k)} for r in rows]
+    return out
+
+
+def _job_counts(dry_run_output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    counts = {}
+    block = dry_run_output.split("Job stats:", 1)[-1]
+    for line in block.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match and match.group(1) not in ("total", "job"):
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_the_cache_matches_the_csv(demo):
+    results = demo / "results"
+    for path in ["data/phantoms/train.csv", "cache/train", "prompts/prompts.parquet",
+                 "models/cfg/pipeline/unet/config.json", "models/filtered/loss.png",
+                 "samples/cfg/nemo.parquet", "samples/cfg/wen_embedding_info.parquet",
+                 "matches/copydetect/cfg/none_prompts.parquet", "detect/cfg/scores.parquet",
+                 "localize/cfg/neurons.parquet", "validation/cfg/roc.png", "retrigger/cfg.parquet",
+                 "fidelity/cfg/none.json", "tables/summary.md"]:
+        assert (results / path).exists(), path
+    rows = list(csv.DictReader((results / "data/phantoms/train.csv").open()))
+    rejected = list(csv.DictReader((results / "cache/train_rejected.csv").open()))
+    cached, labels = duckdb.sql(
+        f"SELECT count(*), sum(CAST(cardiomegaly = 1 AS INT)) FROM read_parquet('{results}/cache/train/*.parquet')"
+    ).fetchone()
+    assert cached == len(rows) - len(rejected)
+    assert labels == sum(r["Cardiomegaly"] in ("1.0", "-1.0") for r in rows)
+    summary = (results / "tables" / "summary.md").read_text()
+    for heading in ("Replication", "Memorization detection", "NeMo localization", "Mitigations",
+                    "Label fidelity", "Compute cost"):
+        assert heading in summary
+
+
+@pytest.mark.slow
+def test_an_unchanged_workflow_has_nothing_to_do(demo):
+    assert "Nothing to be done" in snakemake(demo, "-n", configfiles=(TEST_CONFIG,)).stdout
+
+
+@pytest.mark.slow
+def test_a_report_parameter_reruns_no_model_job(demo, tmp_path):
+    change = write_config(tmp_path / "report.yaml", {"report": {"grid_prompts": 1}})
+    counts = _job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
+    assert counts, "expected some jobs to rerun"
+    assert set(counts) <= {"validate_detection", "tables", "all"}, counts
+
+
+@pytest.mark.slow
+def test_a_generation_parameter_reruns_generation_but_not_training(demo, tmp_path):
+    change = write_config(tmp_path / "generate.yaml", {"generate": {"samples_per_prompt": 3}})
+    counts = _job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
+    assert counts.get("generate") and "train" not in counts and "train_copydetect" not in counts
+
+
+@pytest.mark.slow
+def test_the_html_report_is_written(demo):
+    snakemake(demo, "--report", "report.html", configfiles=(TEST_CONFIG,))
+    html = (demo / "report.html").read_text(errors="replace")
+    assert "Localization" in html and "Detection" in html
+
+
+@pytest.mark.slow
+def test_no_patient_identifier_reaches_any_output(demo):
+    secrets = set()
+    for dicom in (demo / "results/data/phantoms").rglob("*.dcm"):
+        ds = pydicom.dcmread(dicom, stop_before_pixels=True)
+        secrets |= {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)}
+    assert len(secrets) > 10
+    salt = (demo / ".mnemo-salt").read_text().strip()
+    scanned = 0
+    for path in [*(demo / "results").rglob("*"), *(demo / ".snakemake" / "log").rglob("*")]:
+        if not path.is_file() or path.suffix == ".dcm":
+            continue  # the DICOM studies are the raw input, like a hospital export
+        data = path.read_bytes()
+        scanned += 1
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret!r} found in {path}"
+        assert salt.encode() not in data, f"the salt is written in {path}"
+    assert scanned > 100
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_killed_jobs_resume_to_the_same_tables_serially(demo, tmp_path):
+    """kill -9 of the job process during training, generation and embedding; each rerun
+    completes what is left. Run serially (--cores 1): the tables equal the parallel run's."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(demo / ".mnemo-salt", work / ".mnemo-salt")
+    for fault, marker in (("train:3", "checkpoints/cfg/last.pt"), ("generate:1", None), ("embed:1", None)):
+        env = dict(os.environ, MNEMO_FAULT=fault)
+        result = snakemake(work, "--cores", "1", configfiles=(TEST_CONFIG,), check=False, env=env)
+        assert result.returncode != 0, f"{fault}: the injected kill did not stop the run"
+        assert "Error in rule" in result.stdout + result.stderr
+        if marker:
+            assert (work / "results" / marker).is_file()
+    resumed = snakemake(work, "--cores", "1", configfiles=(TEST_CONFIG,))
+    assert "resumed from checkpoint" in (work / "results/logs/train/cfg.log").read_text()
+    assert resumed.returncode == 0
+    assert _tables(work) == _tables(demo)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_bad_config_stops_before_any_job(tmp_path):
+    cases = {
+        "unknown_key": ({"trian": {"steps": 3}}, "trian"),
+        "wrong_type": ({"train": {"steps": "many"}}, "train.steps"),
+        "negative_steps": ({"generate": {"steps": -1}}, "generate.steps"),
+        "empty_guidance": ({"variants": {"cfg": {"guidance": []}}}, "variants.cfg.guidance"),
+        "resolution": ({"dataset": {"resolution": 18}}, "dataset.resolution"),
+        "sscd_weights": ({"descriptors": {"sscd": {"kind": "sscd", "weights": "/nope/sscd.pt"}}},
+                         "descriptors.sscd.weights"),
+    }
+    for name, (override, key) in cases.items():
+        configfile = write_config(tmp_path / f"{name}.yaml", override)
+        result = snakemake(tmp_path, "-n", configfiles=(TEST_CONFIG, configfile), check=False)
+        assert result.returncode != 0, name
+        assert key in result.stdout + result.stderr, (name, result.stderr[-2000:])
+        assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp_path):
+    from mnemo.phantoms import generate_phantom_dataset
+
+    data = tmp_path / "data"
+    generate_phantom_dataset(data / "site", {"patients": 4, "valid_patients": 0, "size": 64,
+                                             "planted_studies": 0}, workers=1)
+    rows = list(csv.DictReader((data / "site" / "train.csv").open()))
+    broken = data / rows[2]["Path"]
+    broken.write_bytes(broken.read_bytes()[:300])
+    config = {"dataset": {"source": "chexpert", "csv": str(data / "site" / "train.csv"),
+                          "image_root": str(data), "resolution": 16}}
+    target = "results/cache/train_summary.json"
+    failing = write_config(tmp_path / "fail.yaml", config)
+    result = snakemake(tmp_path, "--cores", "1", target, configfiles=(TEST_CONFIG, failing), check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/cache_dataset/train.log").read_text()
+    assert broken.name in log and "Traceback" not in log
+    config["dataset"]["on_bad_image"] = "skip"
+    skipping = write_config(tmp_path / "skip.yaml", config)
+    result = snakemake(tmp_path, "--cores", "1", target, configfiles=(TEST_CONFIG, skipping))
+    assert "1 image(s) skipped" in result.stdout + result.stderr
+    rejected = list(csv.DictReader((tmp_path / "results/cache/train_rejected.csv").open()))
+    assert [Path(r["Path"]).name for r in rejected] == [broken.name]
+    cached = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/results/cache/train/*.parquet')").fetchone()
+    assert cached[0] == len(rows) - 1
