@@ -12,7 +12,6 @@ from other patients' images on held-out data and picks the threshold at a fixed 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 import warnings
@@ -348,40 +347,29 @@ class CopyDetectNet(nn.Module):
         self, directory: str | Path, metadata: Mapping[str, Any] | None = None
     ) -> Path:
         """Write config.json + model.safetensors; the file hash becomes the recipe fingerprint."""
-        from safetensors.torch import save_file
+        from mnemo.savable import save_module
 
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        weights = out / "model.safetensors"
-        save_file(state, str(weights), metadata={"format": "pt"})
-        self.fingerprint = _file_fingerprint(weights)
-        config = {"format": "mnemo.copydetect/1", **self.config, "fingerprint": self.fingerprint}
+        config = {"format": "mnemo.copydetect/1", **self.config}
         if metadata is None:
             metadata = self.training_metadata
         if metadata is not None:
             config["training"] = dict(metadata)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        weights = save_module(self, out, config)
+        self.fingerprint = _file_fingerprint(weights)
         return out
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> CopyDetectNet:
-        from safetensors.torch import load_file
+        from mnemo.savable import load_files
 
-        src = Path(directory)
-        cfg_path, weights = src / "config.json", src / "model.safetensors"
-        for p in (cfg_path, weights):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"copydetect model file missing: {str(p)!r} (train one with train_copydetect "
-                    "and save_pretrained)"
-                )
-        cfg = json.loads(cfg_path.read_text())
+        cfg, state, weights = load_files(directory, "copydetect model",
+                                         "train one with train_copydetect and save_pretrained")
         keys = ("channels", "dim", "input_size", "in_channels", "gem_p", "learn_p")
         net = cls(**{k: cfg[k] for k in keys if k in cfg})
-        net.load_state_dict(load_file(str(weights)))
+        net.load_state_dict(state)
         net.fingerprint = _file_fingerprint(weights)
         return net.to(device).eval()
 

@@ -16,7 +16,6 @@ still draws what the prompt asked for. Two checks answer that here:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -251,12 +250,8 @@ class LabelClassifier(nn.Module):
         self, directory: str | Path, metadata: Mapping[str, Any] | None = None
     ) -> Path:
         """Write config.json + model.safetensors (plus training metadata, if any)."""
-        from safetensors.torch import save_file
+        from mnemo.savable import save_module
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         config: dict[str, Any] = {
             "format": "mnemo.label-classifier/1",
             **self.config,
@@ -265,30 +260,23 @@ class LabelClassifier(nn.Module):
         meta = metadata if metadata is not None else self.training_metadata
         if meta is not None:
             config["training"] = dict(meta)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        return out
+        save_module(self, directory, config)
+        return Path(directory)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> LabelClassifier:
-        from safetensors.torch import load_file
+        from mnemo.savable import load_files
 
-        src = Path(directory)
-        cfg_path, weights = src / "config.json", src / "model.safetensors"
-        for p in (cfg_path, weights):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"label classifier file missing: {str(p)!r} (train one with train_classifier "
-                    "and save_pretrained)"
-                )
-        cfg = json.loads(cfg_path.read_text())
+        cfg, state, _ = load_files(directory, "label classifier",
+                                   "train one with train_classifier and save_pretrained")
         keys = ("channels", "input_size", "n_outputs", "in_channels", "dropout", "stem_stride")
         model = cls(**{k: cfg[k] for k in keys if k in cfg})
         if "attributes" in cfg:
             model.attributes = list(cfg["attributes"])
         model.training_metadata = cfg.get("training")
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
         return model.to(device).eval()
 
 
