@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnemo.localize import LocalizeConfig, Localizer, reference_statistics  # noqa: E402
-from mnemo.mitigate import value_layers  # noqa: E402
-from mnemo.model import DiffusionModel  # noqa: E402
+from mnemo.localize import LocalizeConfig, Localizer, reference_statistics
+from mnemo.mitigate import value_layers
+from mnemo.model import DiffusionModel
 
 PROMPTS = ["a painting of the great wave", "the mona lisa by leonardo", "portrait of a man in a hat",
            "living room with a grey sofa", "a cat on a mat", "mountains at sunset"]

@@ -35,7 +35,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     tick = time.perf_counter()
-    sims, idx = topk_cosine(queries, keys, args.k, args.chunk_queries, args.chunk_keys, device)
+    _sims, idx = topk_cosine(queries, keys, args.k, args.chunk_queries, args.chunk_keys, device)
     chunked = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -44,7 +44,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     matmul = time.perf_counter() - tick
-    best, best_idx = torch.topk(scores, args.k, dim=1)
+    _best, best_idx = torch.topk(scores, args.k, dim=1)
     full = time.perf_counter() - tick
     assert torch.equal(idx, best_idx.cpu()), "chunked search disagrees with the full matmul"
 

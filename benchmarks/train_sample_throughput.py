@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -82,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     configure_torch(args.threads, device)
-    config = yaml.safe_load(open(args.config))
+    config = yaml.safe_load(Path(args.config).read_text())
     batch = config["train"]["batch_size"]
     model_config = ModelConfig.from_dict(config["model"])
     c, h, w = model_config.unet.channels, model_config.unet.resolution, model_config.unet.resolution

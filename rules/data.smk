@@ -60,7 +60,7 @@ if xray():
         output:
             f"{R}/prompts/prompts.parquet",
         params:
-            prompts=config["prompts"],
+            prompts={key: config["prompts"][key] for key in ("other", "heldout", "seed")},
             uncertainty=config["dataset"]["uncertainty"],
         conda:
             "../envs/mnemo.yaml"

@@ -22,7 +22,9 @@ def config():
 def test_default_config_is_valid_and_defaults_fill_in(config):
     del config["prompts"]
     validated = validate(config, SCHEMA)
-    assert validated["prompts"] == {"other": 24, "heldout": 8, "seed": 0}
+    assert {key: validated["prompts"][key] for key in ("other", "heldout", "seed")} == {
+        "other": 24, "heldout": 8, "seed": 0}
+    assert validated["prompts"]["originals"] is None
     assert validated["resources"]["gpu"] == 0
 
 
