@@ -14,7 +14,7 @@ import duckdb
 import pydicom
 import pytest
 
-from tests.workflow import REPO, snakemake, write_config
+from tests.workflow import REPO, job_counts, snakemake, write_config
 
 TEST_CONFIG = REPO / "config" / "test.yaml"
 TIMING_COLUMNS = re.compile(r"seconds|overhead|step_seconds")
@@ -39,17 +39,6 @@ def _tables(work: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _job_counts(dry_run_output: str) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table of a dry run."""
-    counts = {}
-    block = dry_run_output.split("Job stats:", 1)[-1]
-    for line in block.splitlines():
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if match and match.group(1) not in ("total", "job"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
-
-
 @pytest.mark.slow
 def test_every_stage_runs_and_the_cache_matches_the_csv(demo):
     results = demo / "results"
@@ -62,7 +51,7 @@ def test_every_stage_runs_and_the_cache_matches_the_csv(demo):
         assert (results / path).exists(), path
     rows = list(csv.DictReader((results / "data/phantoms/train.csv").open()))
     rejected = list(csv.DictReader((results / "cache/train_rejected.csv").open()))
-    cached, labels = duckdb.sql(
+    cached, labels = duckdb.execute(
         f"SELECT count(*), sum(CAST(cardiomegaly = 1 AS INT)) FROM read_parquet('{results}/cache/train/*.parquet')"
     ).fetchone()
     assert cached == len(rows) - len(rejected)
@@ -81,7 +70,7 @@ def test_an_unchanged_workflow_has_nothing_to_do(demo):
 @pytest.mark.slow
 def test_a_report_parameter_reruns_no_model_job(demo, tmp_path):
     change = write_config(tmp_path / "report.yaml", {"report": {"grid_prompts": 1}})
-    counts = _job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
+    counts = job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
     assert counts, "expected some jobs to rerun"
     assert set(counts) <= {"validate_detection", "tables", "all"}, counts
 
@@ -89,7 +78,7 @@ def test_a_report_parameter_reruns_no_model_job(demo, tmp_path):
 @pytest.mark.slow
 def test_a_generation_parameter_reruns_generation_but_not_training(demo, tmp_path):
     change = write_config(tmp_path / "generate.yaml", {"generate": {"samples_per_prompt": 3}})
-    counts = _job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
+    counts = job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
     assert counts.get("generate") and "train" not in counts and "train_copydetect" not in counts
 
 
@@ -186,5 +175,5 @@ def test_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp_pa
     assert "1 image(s) skipped" in result.stdout + result.stderr
     rejected = list(csv.DictReader((tmp_path / "results/cache/train_rejected.csv").open()))
     assert [Path(r["Path"]).name for r in rejected] == [broken.name]
-    cached = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/results/cache/train/*.parquet')").fetchone()
+    cached = duckdb.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/results/cache/train/*.parquet')").fetchone()
     assert cached[0] == len(rows) - 1
