@@ -99,8 +99,12 @@ def sample_sets():
 
 
 def all_targets():
-    """The tables pull in every stage; the figures of the report come with their stages."""
-    return [f"{R}/tables/summary.md"]
+    """The tables pull in every stage; the figures of the report come with their stages, and the
+    loss curves, which no table reads, are asked for here."""
+    losses = [f"{R}/models/{v}/loss.png" for v in variants() if not pretrained(v)]
+    histograms = [f"{R}/localize/{v}/neurons_per_{what}.png" for v in localized_variants()
+                  for what in ("layer", "prompt")]
+    return [f"{R}/tables/summary.md", *losses, *histograms]
 
 
 NEURON_KINDS = ("nemo", "nemo_global", "random")

@@ -3,7 +3,7 @@
 
 rule localize:
     input:
-        code("localize", "detect", "mitigate", "sample", "model", "plots"),
+        code("localize", "detect", "mitigate", "sample", "model"),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
         scores=f"{R}/detect/{{variant}}/scores.parquet",
@@ -11,18 +11,6 @@ rule localize:
     output:
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
-        layers_plot=report(
-            f"{R}/localize/{{variant}}/neurons_per_layer.png",
-            caption="../report/neurons_per_layer.rst",
-            category="5. Localization",
-            labels={"variant": "{variant}", "figure": "neurons per layer"},
-        ),
-        counts_plot=report(
-            f"{R}/localize/{{variant}}/neurons_per_prompt.png",
-            caption="../report/neurons_per_prompt.rst",
-            category="5. Localization",
-            labels={"variant": "{variant}", "figure": "neurons per prompt"},
-        ),
     params:
         localize=config["localize"],
         seed=config["generate"]["seed"],
@@ -40,3 +28,35 @@ rule localize:
         gpu=gpus(),
     script:
         "../scripts/localize.py"
+
+
+# The histograms are their own job, so that editing a plot never reruns the search.
+rule plot_localization:
+    input:
+        code("plots"),
+        neurons=f"{R}/localize/{{variant}}/neurons.parquet",
+        reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
+    output:
+        layers_plot=report(
+            f"{R}/localize/{{variant}}/neurons_per_layer.png",
+            caption="../report/neurons_per_layer.rst",
+            category="5. Localization",
+            labels={"variant": "{variant}", "figure": "neurons per layer"},
+        ),
+        counts_plot=report(
+            f"{R}/localize/{{variant}}/neurons_per_prompt.png",
+            caption="../report/neurons_per_prompt.rst",
+            category="5. Localization",
+            labels={"variant": "{variant}", "figure": "neurons per prompt"},
+        ),
+    params:
+        mode=config["localize"]["mode"],
+    conda:
+        "../envs/mnemo.yaml"
+    log:
+        f"{R}/logs/plot_localization/{{variant}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/plot_localization.py"

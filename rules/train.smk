@@ -3,18 +3,12 @@
 
 rule train:
     input:
-        code("train", "model", "prompts", "dataset", "images", "plots"),
+        code("train", "model", "prompts", "dataset", "images"),
         cache=f"{R}/cache/train",
     output:
         model=directory(f"{R}/models/{{variant}}/pipeline"),
         history=f"{R}/models/{{variant}}/training_log.csv",
         summary=f"{R}/models/{{variant}}/train_summary.json",
-        loss_plot=report(
-            f"{R}/models/{{variant}}/loss.png",
-            caption="../report/loss.rst",
-            category="2. Training",
-            labels={"variant": "{variant}", "figure": "loss curve"},
-        ),
     params:
         model=config.get("model", {}),
         train=lambda wc: variant_train_config(config, wc.variant),
@@ -32,3 +26,26 @@ rule train:
         gpu=gpus(),
     script:
         "../scripts/train.py"
+
+
+# The loss curve is its own job, so that editing a plot never retrains a model.
+rule plot_loss:
+    input:
+        code("plots"),
+        history=f"{R}/models/{{variant}}/training_log.csv",
+    output:
+        report(
+            f"{R}/models/{{variant}}/loss.png",
+            caption="../report/loss.rst",
+            category="2. Training",
+            labels={"variant": "{variant}", "figure": "loss curve"},
+        ),
+    conda:
+        "../envs/mnemo.yaml"
+    log:
+        f"{R}/logs/plot_loss/{{variant}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/plot_loss.py"

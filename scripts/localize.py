@@ -1,7 +1,6 @@
 import pyarrow.parquet as pq
 
 from mnemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
-from mnemo.plots import plot_neuron_counts, plot_neurons_per_layer
 from mnemo.workflow import job, load_model, read_json, write_parquet
 
 with job(snakemake) as log:
@@ -18,6 +17,3 @@ with job(snakemake) as log:
     table = results_table(results, layers, tau)
     write_parquet(table, snakemake.output.neurons)
     write_parquet(reference_table(layers, stats), snakemake.output.reference)
-    primary = [r for r in results if r.mode == config.mode]
-    plot_neurons_per_layer(primary, layers, snakemake.output.layers_plot)
-    plot_neuron_counts(primary, snakemake.output.counts_plot)

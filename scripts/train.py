@@ -1,6 +1,5 @@
 from mnemo.dataset import cache_images, read_cache
 from mnemo.model import DiffusionModel, ModelConfig
-from mnemo.plots import plot_loss_curve
 from mnemo.train import TrainConfig, fingerprint, train, write_history, write_summary
 from mnemo.workflow import device_of, fault_point, job
 
@@ -21,4 +20,3 @@ with job(snakemake) as log:
     model.save_pretrained(snakemake.output.model)
     write_history(result.history, snakemake.output.history)
     write_summary(result, train_config, snakemake.output.summary)
-    plot_loss_curve(result.history, snakemake.output.loss_plot, title=f"training loss: {snakemake.wildcards.variant}")

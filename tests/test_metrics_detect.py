@@ -104,3 +104,34 @@ def test_nemo_detection_and_token_significance_run(tiny_model):
     tokens = [t for t, _ in significance[0]]
     assert tokens[1:5] == TINY_PROMPTS[0].split()[:4]
     assert all(v >= 0 for _, v in significance[0])
+
+
+def test_detection_is_validated_against_planted_any_and_own_replication():
+    import pyarrow as pa
+
+    from mnemo.validation import detection_metrics, replication_by_prompt
+
+    # p0, p1 planted and reproducing their own image; p2 copies *some* training image (not its
+    # own); p3 is a held-out prompt with no training image of its own. Two guidance rows each.
+    matches = pa.Table.from_pylist([
+        {"prompt_id": p, "max_similarity": top, "max_source_similarity": own}
+        for p, top, own in [("p0", 0.97, 0.97), ("p0", 0.80, 0.80), ("p1", 0.60, 0.60), ("p1", 0.92, 0.91),
+                            ("p2", 0.95, 0.40), ("p2", 0.70, 0.30), ("p3", 0.88, None), ("p3", 0.50, None)]
+    ])
+    replication = replication_by_prompt(matches, threshold=0.85)
+    assert replication["p1"]["max_source_similarity"] == pytest.approx(0.91)
+    assert [replication[p]["replicated"] for p in ("p0", "p1", "p2", "p3")] == [True, True, True, True]
+    assert [replication[p]["replicated_own"] for p in ("p0", "p1", "p2", "p3")] == [True, True, False, False]
+    scores = pa.Table.from_pylist([
+        {"prompt_id": p, "memorized_truth": m, "wen_first_n1": s}
+        for p, m, s in [("p0", True, 3.0), ("p1", True, 2.0), ("p2", False, 1.0), ("p3", False, 0.5)]
+    ])
+    rows = {r["truth"]: r for r in detection_metrics(scores, replication, "cfg", ["wen_first_n1"]).to_pylist()}
+    assert set(rows) == {"planted", "replicated", "replicated_own"}
+    assert rows["planted"]["auc"] == 1.0 and rows["replicated_own"]["auc"] == 1.0
+    assert (rows["replicated_own"]["positives"], rows["replicated_own"]["negatives"]) == (2, 2)
+    assert math.isnan(rows["replicated"]["auc"])  # every prompt copies something: no negatives
+    no_sources = replication_by_prompt(matches.set_column(2, "max_source_similarity",
+                                                          pa.array([None] * 8, pa.float64())), 0.85)
+    truths = {r["truth"] for r in detection_metrics(scores, no_sources, "cfg", ["wen_first_n1"]).to_pylist()}
+    assert truths == {"planted", "replicated"}

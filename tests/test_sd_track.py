@@ -56,7 +56,7 @@ def test_sd_track_end_to_end(tmp_path):
     assert all(float(r["sscd_gen_median"]) == pytest.approx(1.0, abs=1e-5) for r in none_vm)  # its own twin
     assert all(r["sscd_orig_median"] not in ("", "nan") for r in none_vm)  # originals were given
     detection = list(csv.DictReader((results / "tables" / "detection.csv").open()))
-    assert {r["truth"] for r in detection} == {"planted", "replicated"}
+    assert {r["truth"] for r in detection} == {"planted", "replicated", "replicated_own"}  # originals given
     assert (results / "tables" / "summary.md").read_text().count("## ") >= 6
 
 

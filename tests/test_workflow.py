@@ -76,6 +76,19 @@ def test_a_report_parameter_reruns_no_model_job(demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_editing_the_plotting_code_reruns_no_model_job(demo):
+    plots = REPO / "src" / "mnemo" / "plots.py"
+    before = plots.stat()
+    try:
+        os.utime(plots, ns=(before.st_atime_ns, before.st_mtime_ns + 10**12))  # as if just edited
+        counts = job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG,)).stdout)
+    finally:
+        os.utime(plots, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert {"plot_loss", "plot_localization", "tables"} <= set(counts), counts
+    assert set(counts) <= {"plot_loss", "plot_localization", "validate_detection", "tables", "all"}, counts
+
+
+@pytest.mark.slow
 def test_a_generation_parameter_reruns_generation_but_not_training(demo, tmp_path):
     change = write_config(tmp_path / "generate.yaml", {"generate": {"samples_per_prompt": 3}})
     counts = job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)

@@ -27,6 +27,14 @@ def running_mean(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
+def read_training_log(path: str | Path) -> list[dict[str, float]]:
+    """The per-step training log (`training_log.csv`), numbers as numbers."""
+    import csv
+
+    with Path(path).open(newline="") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
 def plot_loss_curve(history: Sequence[dict], path: str | Path, title: str = "training loss") -> None:
     steps = np.array([r["step"] for r in history])
     loss = np.array([r["loss"] for r in history])
@@ -49,27 +57,29 @@ def plot_loss_curve(history: Sequence[dict], path: str | Path, title: str = "tra
     _save(fig, path)
 
 
-def plot_neurons_per_layer(results, layers, path: str | Path) -> None:
-    from mnemo.mitigate import locate
-
-    counts = np.zeros(len(layers), dtype=int)
-    for r in results:
-        for n in r.refined_neurons:
-            counts[locate(layers, n)[0]] += 1
+def plot_neurons_per_layer(localized: Sequence[dict], layer_names: Sequence[str], path: str | Path) -> None:
+    """Refined neurons of all prompts per value layer; rows of `neurons.parquet`, layers in UNet order."""
+    counts = np.zeros(len(layer_names), dtype=int)
+    position = {name: i for i, name in enumerate(layer_names)}
+    for row in localized:
+        for name in row["refined_layers"]:
+            counts[position[name]] += 1
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [layer.name.replace(".transformer_blocks.0.attn2.to_v", "").replace("attentions.", "a")
-              for layer in layers]
-    ax.bar(range(len(layers)), counts, color="C0")
-    ax.set_xticks(range(len(layers)), labels, rotation=30, ha="right", fontsize=7)
+    labels = [name.replace(".transformer_blocks.0.attn2.to_v", "").replace("attentions.", "a")
+              for name in layer_names]
+    ax.bar(range(len(layer_names)), counts, color="C0")
+    ax.set_xticks(range(len(layer_names)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("neurons (all prompts)")
     ax.set_title("memorization neurons per value layer")
     _save(fig, path)
 
 
-def plot_neuron_counts(results, path: str | Path) -> None:
+def plot_neuron_counts(localized: Sequence[dict], path: str | Path) -> None:
+    """Initial and refined neurons per memorized prompt; rows of `neurons.parquet`."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    refined = [len(r.refined_neurons) for r in results if r.memorized]
-    initial = [len(r.initial_neurons) for r in results if r.memorized]
+    memorized = [row for row in localized if row["memorized"]]
+    refined = [row["refined_count"] for row in memorized]
+    initial = [row["initial_count"] for row in memorized]
     if refined:
         top = max(initial + refined + [1])
         bins = np.arange(0, top + 2) - 0.5 if top < 40 else 30
@@ -88,12 +98,14 @@ GROUP_COLOURS = {"planted": "C3", "other": "C0", "heldout": "C2", "VM": "C3", "T
 
 
 def plot_detection_roc(scores, replication: dict, detectors, path: str | Path, title: str = "") -> None:
-    from mnemo.validation import roc_points
+    from mnemo.validation import measures_own_images, roc_points
 
     rows = scores.select(["prompt_id", "memorized_truth"]).to_pylist()
     truths = {"memorized (ground truth)": {r["prompt_id"]: bool(r["memorized_truth"]) for r in rows}}
     if replication:
-        truths["measured replication"] = {pid: v["replicated"] for pid, v in replication.items()}
+        truths["replicates a training image"] = {pid: v["replicated"] for pid, v in replication.items()}
+    if measures_own_images(replication):
+        truths["replicates its own training image"] = {pid: v["replicated_own"] for pid, v in replication.items()}
     fig, axes = plt.subplots(1, len(truths), figsize=(5 * len(truths), 4.2), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (name, labels) in zip(axes, truths.items(), strict=True):

@@ -25,8 +25,10 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "Per descriptor, variant, mitigation, guidance and prompt group. Rates are over samples; "
      "similarity quantiles over prompts (each prompt's highest nearest-neighbour similarity)."),
     ("detection", "Memorization detection",
-     "AUC and TPR at 1% FPR against the planted prompts and against measured replication; "
-     "Spearman correlation of the score with the measured similarity."),
+     "AUC and TPR at 1% FPR against three truths: `planted` (memorized by construction), `replicated` "
+     "(a sample's nearest training image is above the calibrated threshold) and `replicated_own` (a "
+     "sample reproduces one of the prompt's own training images); Spearman correlation of the score "
+     "with the measured similarity."),
     ("localization", "NeMo localization",
      "Neurons per memorized prompt (median and MAD over prompts), success rate, search cost."),
     ("mode_agreement", "Batched vs one-by-one search",

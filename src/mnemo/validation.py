@@ -1,7 +1,10 @@
 """Does the detector find what is really replicated? Detector scores against two ground truths.
 
-(a) the planted prompts (memorized by construction) and (b) measured replication: a prompt whose
-samples' nearest training image is more similar than the descriptor's calibrated threshold.
+(a) the planted prompts (memorized by construction), (b) measured replication: a prompt whose
+samples' nearest training image is more similar than the descriptor's calibrated threshold, and
+(c) `replicated_own`: a prompt whose samples reproduce one of *its own* training images (Webster's
+and NeMo's sense of a memorized prompt). (b) alone says little for a model that copies training
+images for every prompt; (c) is only measured where prompts know their training images.
 ROC AUC and TPR at 1% FPR as Wen et al. report them, and Spearman correlation with the measured
 similarity, which needs no threshold at all.
 """
@@ -18,14 +21,24 @@ DETECTORS = ("wen_first_n1", "wen_first_n4", "wen_all_n1", "wen_all_n4", "nemo_m
 
 
 def replication_by_prompt(prompt_rows: pa.Table, threshold: float) -> dict[str, dict]:
-    """Per prompt over all guidance scales: max nearest-neighbour similarity and replicated flag."""
+    """Per prompt over all guidance scales: max similarity to any training image and to the
+    prompt's own training images (None where it has none), and the replicated flags."""
     out: dict[str, dict] = {}
-    for row in prompt_rows.select(["prompt_id", "max_similarity"]).to_pylist():
-        entry = out.setdefault(row["prompt_id"], {"max_similarity": -1.0})
+    for row in prompt_rows.select(["prompt_id", "max_similarity", "max_source_similarity"]).to_pylist():
+        entry = out.setdefault(row["prompt_id"], {"max_similarity": -1.0, "max_source_similarity": None})
         entry["max_similarity"] = max(entry["max_similarity"], row["max_similarity"])
+        if row["max_source_similarity"] is not None:
+            entry["max_source_similarity"] = max(entry["max_source_similarity"] or -1.0, row["max_source_similarity"])
     for entry in out.values():
         entry["replicated"] = entry["max_similarity"] > threshold
+        own = entry["max_source_similarity"]
+        entry["replicated_own"] = own is not None and own > threshold
     return out
+
+
+def measures_own_images(replication: dict[str, dict]) -> bool:
+    """Whether any prompt knows its training images (so `replicated_own` is a measurement)."""
+    return any(entry["max_source_similarity"] is not None for entry in replication.values())
 
 
 def detection_metrics(scores: pa.Table, replication: dict[str, dict], variant: str,
@@ -41,6 +54,9 @@ def detection_metrics(scores: pa.Table, replication: dict[str, dict], variant: s
             "replicated": ([r[detector] for r in measured],
                            [replication[r["prompt_id"]]["replicated"] for r in measured]),
         }
+        if measures_own_images(replication):
+            truths["replicated_own"] = ([r[detector] for r in measured],
+                                        [replication[r["prompt_id"]]["replicated_own"] for r in measured])
         similarity = [replication[r["prompt_id"]]["max_similarity"] for r in measured]
         for truth, (values, labels) in truths.items():
             out.append({
