@@ -14,7 +14,7 @@ import duckdb
 import pydicom
 import pytest
 
-from tests.workflow import REPO, job_counts, snakemake, write_config
+from tests.workflow import REPO, job_counts, rerun_reasons, snakemake, write_config
 
 TEST_CONFIG = REPO / "config" / "test.yaml"
 TIMING_COLUMNS = re.compile(r"seconds|overhead|step_seconds")
@@ -70,9 +70,10 @@ def test_an_unchanged_workflow_has_nothing_to_do(demo):
 @pytest.mark.slow
 def test_a_report_parameter_reruns_no_model_job(demo, tmp_path):
     change = write_config(tmp_path / "report.yaml", {"report": {"grid_prompts": 1}})
-    counts = job_counts(snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout)
+    dry = snakemake(demo, "-n", configfiles=(TEST_CONFIG, change)).stdout
+    counts = job_counts(dry)
     assert counts, "expected some jobs to rerun"
-    assert set(counts) <= {"validate_detection", "tables", "all"}, counts
+    assert set(counts) <= {"validate_detection", "tables", "all"}, (counts, rerun_reasons(dry))
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), che
               timeout: int = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
     """`snakemake -s REPO/Snakefile -d workdir ...`; returns the completed process (stdout+stderr)."""
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
-    for configfile in configfiles:
-        command += ["--configfile", str(configfile)]
+    if configfiles:  # one flag for all: a repeated --configfile replaces the earlier ones
+        command += ["--configfile", *map(str, configfiles)]
     command += list(args)
     env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
@@ -42,3 +42,9 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
         if match and match.group(1) not in ("total", "job"):
             counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def rerun_reasons(dry_run_output: str) -> str:
+    """The distinct 'reason:' lines of a dry run, for assertion messages."""
+    reasons = sorted({line.strip() for line in dry_run_output.splitlines() if line.strip().startswith("reason:")})
+    return "\n".join(reasons)
