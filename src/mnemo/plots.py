@@ -115,6 +115,9 @@ def plot_detection_roc(scores, replication: dict, detectors, path: str | Path, t
                 ax.plot(fpr, tpr, label=detector, color=f"C{i}", lw=1.3)
         ax.plot([0, 1], [0, 1], color="0.8", ls=":")
         positives = sum(labels.values())
+        if positives in (0, len(labels)):
+            ax.text(0.5, 0.5, f"all {len(labels)} prompts {'positive' if positives else 'negative'}:\nno ROC",
+                    ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_title(f"{title}: vs {name} ({positives} of {len(labels)} positive)", fontsize=9)
         ax.set_xlabel("false-positive rate")
         ax.set_xscale("symlog", linthresh=0.01)
