@@ -111,6 +111,12 @@ def check(config: Mapping[str, Any]) -> None:
                 f"UNet with {len(blocks)} blocks"
             )
     dataset = config.get("dataset", {})
+    trained_at = unet.get("resolution")
+    if dataset.get("source") in ("phantoms", "chexpert") and resolution and trained_at and resolution != trained_at:
+        raise ConfigError(
+            f"config key 'dataset.resolution': {resolution} differs from model.unet.resolution "
+            f"{trained_at}; the model trains on the cached images, so the two must be equal"
+        )
     if dataset.get("source") == "chexpert":
         for key in ("csv", "image_root"):
             if not dataset.get(key):

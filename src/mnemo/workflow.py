@@ -49,9 +49,11 @@ def job(snakemake: Any) -> Iterator[logging.Logger]:
                         force=True)
     logger = logging.getLogger(f"mnemo.{snakemake.rule}")
     device = resolve_device(snakemake.config.get("device", "auto"))
-    configure_torch(snakemake.threads, device)
+    threads = snakemake.config.get("torch_threads", "auto")
+    threads = snakemake.threads if threads == "auto" else int(threads)
+    configure_torch(threads, device)
     logger.info("rule %s, wildcards %s, device %s, threads %s", snakemake.rule, dict(snakemake.wildcards),
-                device, snakemake.threads)
+                device, threads)
     try:
         yield logger
     except Exception as error:
