@@ -36,6 +36,7 @@ rule calibrate_descriptor:
     params:
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
+        every_image=not xray(),  # SD originals: no descriptor trains on them, calibrate on all
     conda:
         "../envs/mnemo.yaml"
     log:

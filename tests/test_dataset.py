@@ -186,3 +186,17 @@ def test_salt_file_is_private_and_stable(tmp_path):
     assert load_salt(tmp_path / "salt") == salt
     assert (tmp_path / "salt").stat().st_mode & 0o077 == 0
     assert pseudonym("patient00001", salt) != pseudonym("patient00001", b"another-salt-value-xyz")
+
+
+def test_calibration_set_holds_out_whole_patients_or_takes_every_image(phantom_root, tmp_path):
+    from mnemo.dataset import calibration_set, patient_holdout
+
+    _cache(phantom_root, tmp_path)
+    everyone = read_cache(tmp_path / "cache", columns=["patient_id", "study"])
+    patients = everyone.column("patient_id").to_pylist()
+    images, held_patients, studies = calibration_set(tmp_path / "cache", 0.3, seed=0)
+    expected = [p for p, h in zip(patients, patient_holdout(patients, 0.3, 0), strict=True) if h]
+    assert held_patients == expected and len(images) == len(studies) == len(expected) > 0
+    assert not set(held_patients) & {p for p in patients if p not in set(expected)}
+    images, all_patients, _ = calibration_set(tmp_path / "cache", 0.3, every_image=True)
+    assert all_patients == patients and images.shape[0] == len(patients)

@@ -447,6 +447,22 @@ def read_cache(cache_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
     return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
 
 
+def calibration_set(cache_dir: str | Path, fraction: float, seed: int = 0,
+                    every_image: bool = False) -> tuple[torch.Tensor, list[str], list[str] | None]:
+    """Images, patient ids and study ids (None where the cache has no studies) that a descriptor
+    is calibrated on: the held-out patients, or every image where no descriptor trains on the
+    cache (the Stable Diffusion track's originals)."""
+    first = sorted(Path(cache_dir).glob("part-*.parquet"))[:1]
+    has_study = bool(first) and "study" in pq.read_schema(first[0]).names
+    table = read_cache(cache_dir, columns=["patient_id", "image"] + (["study"] if has_study else []))
+    patients = table.column("patient_id").to_pylist()
+    held = np.ones(len(patients), dtype=bool) if every_image else patient_holdout(patients, fraction, seed)
+    rows = np.flatnonzero(held)
+    table = table.take(pa.array(rows))
+    studies = [str(s) for s in table.column("study").to_pylist()] if has_study else None
+    return cache_images(table), table.column("patient_id").to_pylist(), studies
+
+
 def cache_images(table: pa.Table) -> torch.Tensor:
     """The `image` column -> uint8 tensor (N, 1, H, W)."""
     return decode_pngs(table.column("image").to_pylist())
