@@ -155,7 +155,9 @@ def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, mo
     assert len(bat_calls) * 4 <= len(seq_calls)     # the batched search needs far fewer calls
 
 
-def test_batched_and_one_by_one_scores_agree(tiny_model):
+@pytest.mark.parametrize(("signal", "step"), [("noise_difference", 0), ("guidance_direction", 0),
+                                              ("guidance_direction", 2)])
+def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step):
     layers = value_layers(tiny_model.unet)
     x = initial_noise([1, 2, 3], tiny_model.sample_shape)
     embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
@@ -168,8 +170,10 @@ def test_batched_and_one_by_one_scores_agree(tiny_model):
     from mnemo.localize import _PromptState
 
     def score_all(mode):
-        localizer = Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(mode=mode, steps=3))
-        state = _PromptState(x, embeds, localizer._deltas(x, embeds, None))
+        localizer = Localizer(tiny_model, layers, stats, tau=0.5,
+                              config=LocalizeConfig(mode=mode, steps=3, signal=signal, signal_step=step,
+                                                    batch_size=8))
+        state = _PromptState(x, embeds, localizer.signal_maps(x, embeds, None))
         if mode == "batched":
             return localizer.scores(state, sets)
         return torch.cat([localizer.scores(state, [s]) for s in sets])
@@ -177,7 +181,67 @@ def test_batched_and_one_by_one_scores_agree(tiny_model):
     torch.testing.assert_close(score_all("batched"), score_all("sequential"), rtol=1e-4, atol=1e-5)
 
 
-def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model):
+def test_guidance_direction_vanishes_when_every_value_neuron_is_blocked(tiny_model):
+    """The search signal the demo uses must be able to reach 'no prompt influence'; the paper's cannot."""
+    layers = value_layers(tiny_model.unet, ("down", "mid", "up"))
+    every_to_v = [name for name, _ in tiny_model.unet.named_modules() if name.endswith("attn2.to_v")]
+    assert sorted(layer.name for layer in layers) == sorted(every_to_v)
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
+    x = initial_noise([1, 2], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
+    everything = torch.ones(2, neuron_count(layers), dtype=torch.bool)
+    guided = Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(steps=3, signal="guidance_direction"))
+    assert guided.signal_maps(x, embeds, None).amax() > 0.99              # min-max normalised, not constant
+    assert guided.signal_maps(x, embeds, everything).abs().max() == 0     # eps_cond == eps_uncond exactly
+    paper = Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(steps=3))
+    assert paper.signal_maps(x, embeds, everything).amax() > 0.99         # noise difference stays
+
+
+@pytest.mark.parametrize("signal", ["noise_difference", "guidance_direction"])
+def test_signal_at_a_later_step_follows_the_sampler(tiny_model, signal):
+    """signal_step k reads the signal where mnemo.sample.denoise is after k steps, blocking on the way."""
+    from mnemo.detect import normalize_maps
+    from mnemo.sample import denoise
+
+    layers = value_layers(tiny_model.unet)
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
+    x = initial_noise([3, 4], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1]).expand(2, -1, -1)
+    empty = tiny_model.encode_prompts([""]).expand(2, -1, -1)
+    mask = torch.zeros(neuron_count(layers), dtype=torch.bool)
+    mask[::4] = True
+    seen = {}
+
+    def record(i, _t, x_t, eps_uncond, eps_cond):
+        seen[i] = eps_cond - (eps_uncond if signal == "guidance_direction" else x_t)
+
+    with NeuronBlocker(layers, mask):
+        denoise(tiny_model, x, embeds, 1.0, 4, empty, callback=record)
+    localizer = Localizer(tiny_model, layers, stats, tau=0.5,
+                          config=LocalizeConfig(steps=4, signal=signal, signal_step=2))
+    maps = localizer.signal_maps(x, embeds[:1], mask[None].expand(2, -1))
+    torch.testing.assert_close(maps, normalize_maps(seen[2]), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(maps, normalize_maps(seen[0]), atol=1e-3)
+    with pytest.raises(ValueError, match="localize.signal_step"):
+        Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(steps=4, signal_step=4))
+
+
+def test_signal_threshold_of_the_paper_signal_is_the_detection_tau(tiny_model):
+    from mnemo.detect import DetectConfig, memorization_threshold, nemo_detection
+
+    ids, prompts = ["r0", "r1", "r2"], TINY_PROMPTS[:3]
+    detection = nemo_detection(tiny_model, ids, prompts, DetectConfig(steps=3, nemo_samples=4, seed=7))
+    layers = value_layers(tiny_model.unet)
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
+    localizer = Localizer(tiny_model, layers, stats, tau=0.5, config=LocalizeConfig(steps=3, samples=4, seed=7))
+    assert localizer.signal_threshold(ids, prompts) == pytest.approx(memorization_threshold(detection.pairwise),
+                                                                        abs=1e-5)
+    with pytest.raises(ValueError, match="localize.signal"):
+        LocalizeConfig(signal="attention")
+
+
+@pytest.mark.parametrize("signal", ["noise_difference", "guidance_direction"])
+def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal):
     layers = value_layers(tiny_model.unet)
     stats = reference_statistics(tiny_model, layers, TINY_PROMPTS[1:])
     config = LocalizeConfig(samples=4, steps=3, theta=2.0)
@@ -185,8 +249,9 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model):
     assert probe.memorized and probe.kept_samples == 4
     # a threshold just under the unblocked score: memorized, and removable by blocking
     tau = probe.unblocked_score - 1e-3
-    results = {mode: Localizer(tiny_model, layers, stats, tau, LocalizeConfig(samples=4, steps=3, theta=2.0,
-                                                                                mode=mode)).localize("p", TINY_PROMPTS[0])
+    results = {mode: Localizer(tiny_model, layers, stats, tau,
+                               LocalizeConfig(samples=4, steps=3, theta=2.0, mode=mode, signal=signal)
+                               ).localize("p", TINY_PROMPTS[0])
                for mode in ("batched", "sequential")}
     for result in results.values():
         assert result.memorized
@@ -232,3 +297,23 @@ def test_random_control_matches_counts_per_layer(tiny_model):
     per_layer = lambda ns: sorted(locate(layers, n)[0] for n in ns)  # noqa: E731
     assert per_layer(control) == per_layer(neurons)
     assert control == random_like(layers, neurons, "seed")
+
+
+def test_neuron_mitigations_block_found_neurons_and_global_takes_only_successful_searches(tiny_model):
+    from mnemo.mitigate import build_mitigation
+
+    localized = [
+        {"prompt_id": "a", "memorized": True, "success": True, "refined_neurons": [1, 4], "initial_neurons": [1, 2, 4]},
+        {"prompt_id": "b", "memorized": True, "success": False, "refined_neurons": [], "initial_neurons": [7, 8, 9]},
+        {"prompt_id": "c", "memorized": False, "success": False, "refined_neurons": [], "initial_neurons": []},
+    ]
+    ids = ["a", "b", "c"]
+
+    def blocked(kind):
+        mitigation, _ = build_mitigation(kind, {"kind": kind}, tiny_model, localized=localized, prompt_ids=ids)
+        return {pid: torch.nonzero(mask).flatten().tolist() for pid, mask in mitigation.masks.items()}
+
+    # per prompt: the refined set, or the widest selection where the search did not succeed
+    assert blocked("nemo") == {"a": [1, 4], "b": [7, 8, 9]}
+    # global: the union of what the search found, for every prompt
+    assert blocked("nemo_global") == {"a": [1, 4], "b": [1, 4], "c": [1, 4]}

@@ -6,6 +6,18 @@ statistics, widened until blocking removes the memorization signal, then a greed
 (layers, then single neurons). Each candidate test asks "is the first-step noise difference of
 the blocked model still like the memorized one?" via MS-SSIM.
 
+What is compared is the search's *signal*. `noise_difference` is the paper's, eps(x_T) - x_T at
+the first step. `guidance_direction` compares eps_cond - eps_uncond instead (Wen et al.'s
+text-conditional prediction, both halves blocked): the part of the prediction that the
+cross-attention values can change at all. Where every prompt's first-step noise difference shares
+one structure (a pixel-space model of one anatomy), blocking cannot move the paper's signal, so
+the search could never succeed; the guidance direction goes to exactly zero when every value
+neuron is blocked. `signal_step` reads the signal k DDIM steps in (the blocked model drawing
+those steps), for models whose first step decides little of the image; it costs k more UNet
+calls per candidate test. Which samples count as memorized is always decided with the paper's signal
+and the detection threshold; a blocked set is judged against a threshold of the search signal,
+mean + 1 std of its pairwise scores on the reference prompts, as NeMo derives tau.
+
 Two ways to run the same search: `sequential` evaluates one candidate set per UNet call, as the
 official code does; `batched` evaluates many candidate sets in one UNet call with a per-sample
 neuron mask, speculating that greedy pruning steps succeed and rolling back at the first that
@@ -16,16 +28,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from mnemo.detect import ms_ssim, normalize_maps, per_sample_max, ssim_kernel_size
+from mnemo.detect import (
+    memorization_threshold,
+    ms_ssim,
+    normalize_maps,
+    per_sample_max,
+    ssim_kernel_size,
+)
 from mnemo.mitigate import NeuronBlocker, ValueLayer, locate, neuron_count, value_activations
 from mnemo.model import DiffusionModel
 from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
 
 MODES = ("batched", "sequential")
+SIGNALS = ("noise_difference", "guidance_direction")
 
 
 @dataclass
@@ -43,12 +63,16 @@ class LocalizeConfig:
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 256
     mode: str = "batched"
+    signal: str = "noise_difference"
+    signal_step: int = 0
 
     def __post_init__(self) -> None:
         self.blocks = tuple(self.blocks)
         self.betas = tuple(self.betas)
         if self.mode not in MODES:
             raise ValueError(f"config key 'localize.mode': {self.mode!r} is not one of {MODES}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"config key 'localize.signal': {self.signal!r} is not one of {SIGNALS}")
 
 
 @dataclass
@@ -103,36 +127,86 @@ class UNetCallCounter:
 
 
 class Localizer:
-    """NeMo search for one model; `localize(prompt_id, prompt)` per memorized prompt."""
+    """NeMo search for one model; `localize(prompt_id, prompt)` per memorized prompt.
+
+    `tau` is the detection threshold (noise difference), deciding which samples are memorized;
+    `score_tau` the threshold a blocked set's score must reach, in the search signal's units
+    (the same as `tau` for the paper's signal).
+    """
 
     def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
-                 config: LocalizeConfig):
+                 config: LocalizeConfig, score_tau: float | None = None):
         self.model = model
         self.layers = list(layers)
         self.stats = stats
         self.tau = float(tau)
+        self.score_tau = self.tau if score_tau is None else float(score_tau)
         self.config = config
+        self._empty = None
+        if config.signal == "guidance_direction":
+            with torch.no_grad():
+                self._empty = model.encode_prompts([""])
         self.total = neuron_count(self.layers)
-        self.t1 = ddim_scheduler(model, config.steps).timesteps[0]
+        self.scheduler = ddim_scheduler(model, config.steps)
+        self.t1 = self.scheduler.timesteps[0]
+        if not 0 <= config.signal_step < len(self.scheduler.timesteps):
+            raise ValueError(f"config key 'localize.signal_step': {config.signal_step} is not a step of the "
+                             f"{len(self.scheduler.timesteps)}-step DDIM schedule")
         size = min(model.sample_shape[1:])
         self.kernel = ssim_kernel_size(size, config.betas, config.kernel_size)
 
     # -- scoring -----------------------------------------------------------------------------
-    def _deltas(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Normalised first-step noise differences for latents (B, ...), optional per-sample masks."""
+    def signal_maps(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None,
+                    signal: str | None = None, step: int | None = None) -> torch.Tensor:
+        """Normalised signal maps for latents (B, ...) at a DDIM step, optional per-sample masks.
+
+        At step k > 0 the samples first follow k conditional DDIM steps with the same neurons
+        blocked (one UNet call each); the signal's call then runs both halves for the guidance
+        direction, each sample's mask applied to both.
+        """
+        signal = signal or self.config.signal
+        step = self.config.signal_step if step is None else step
+        guided = signal == "guidance_direction"
+        size = max(1, self.config.batch_size // 2) if guided else self.config.batch_size
+        timesteps = self.scheduler.timesteps
         out = []
-        size = self.config.batch_size
         for begin in range(0, len(latents), size):
             x = latents[begin:begin + size]
             embeds = cond.expand(len(x), -1, -1)
-            with torch.no_grad():
-                if masks is None:
-                    eps = self.model.unet(x, self.t1, encoder_hidden_states=embeds).sample
+            blocker = (nullcontext() if masks is None
+                       else NeuronBlocker(self.layers, masks[begin:begin + size], self.config.factor))
+            with torch.no_grad(), blocker:
+                for t in timesteps[:step]:
+                    eps = self.model.unet(x, t, encoder_hidden_states=embeds).sample
+                    x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+                if guided:
+                    both = self.model.unet(torch.cat([x, x]), timesteps[step],
+                                           encoder_hidden_states=torch.cat([self._empty.expand(len(x), -1, -1), embeds]))
+                    eps_uncond, eps_cond = both.sample.chunk(2)
+                    maps = eps_cond - eps_uncond
                 else:
-                    with NeuronBlocker(self.layers, masks[begin:begin + size], self.config.factor):
-                        eps = self.model.unet(x, self.t1, encoder_hidden_states=embeds).sample
-            out.append(normalize_maps((eps - x).float()))
+                    maps = self.model.unet(x, timesteps[step], encoder_hidden_states=embeds).sample - x
+            out.append(normalize_maps(maps.float()))
         return torch.cat(out)
+
+    def _deltas(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Normalised first-step noise differences: the paper's detection signal."""
+        return self.signal_maps(latents, cond, masks, "noise_difference", 0)
+
+    def _latents(self, prompt_id: str) -> torch.Tensor:
+        seeds = [sample_seed(prompt_id, i, self.config.seed) for i in range(self.config.samples)]
+        return initial_noise(seeds, self.model.sample_shape, self.model.device, self.model.dtype)
+
+    def signal_threshold(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> float:
+        """tau of the search signal: mean + 1 std of its pairwise scores on reference prompts."""
+        pairs = torch.combinations(torch.arange(self.config.samples), r=2)
+        pairwise = []
+        for prompt_id, prompt in zip(prompt_ids, prompts, strict=True):
+            with torch.no_grad():
+                cond = self.model.encode_prompts([prompt])
+            maps = self.signal_maps(self._latents(prompt_id), cond, None)
+            pairwise.append(self._ssim(maps[pairs[:, 0]], maps[pairs[:, 1]]))
+        return memorization_threshold(torch.cat(pairwise))
 
     def _ssim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return ms_ssim(a, b, self.kernel, self.config.betas)
@@ -144,7 +218,7 @@ class Localizer:
         k = len(state.latents)
         masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
         latents = state.latents.repeat(len(sets), *([1] * (state.latents.ndim - 1)))
-        blocked = self._deltas(latents, state.cond, masks)
+        blocked = self.signal_maps(latents, state.cond, masks)
         reference = state.unblocked.repeat(len(sets), *([1] * (state.unblocked.ndim - 1)))
         return self._ssim(reference, blocked).view(len(sets), k).max(dim=1).values
 
@@ -155,7 +229,8 @@ class Localizer:
         Sequential mode scores one set per UNet call; batched mode scores as many sets as fit
         in one call and stops at the first chunk that contains a passing set.
         """
-        per_call = 1 if self.config.mode == "sequential" else max(1, self.config.batch_size // len(state.latents))
+        per_set = len(state.latents) * (2 if self.config.signal == "guidance_direction" else 1)  # samples per call
+        per_call = 1 if self.config.mode == "sequential" else max(1, self.config.batch_size // per_set)
         seen: list[float] = []
         for begin in range(0, len(sets), per_call):
             chunk = self.scores(state, sets[begin:begin + per_call]).tolist()
@@ -202,7 +277,7 @@ class Localizer:
             for group in groups[position:]:
                 trial = trial & ~group
                 chain.append(trial.clone())
-            failed, scores = self._first_passing(state, chain, lambda s: s > self.tau)
+            failed, scores = self._first_passing(state, chain, lambda s: s > self.score_tau)
             if failed == len(chain):
                 return chain[-1], scores[-1]
             # groups before `failed` were dropped; the failing group stays
@@ -226,8 +301,7 @@ class Localizer:
     def _localize(self, prompt_id: str, prompt: str) -> LocalizationResult:
         c = self.config
         model = self.model
-        seeds = [sample_seed(prompt_id, i, c.seed) for i in range(c.samples)]
-        latents = initial_noise(seeds, model.sample_shape, model.device, model.dtype)
+        latents = self._latents(prompt_id)
         with torch.no_grad():
             cond = model.encode_prompts([prompt])
             activation = value_activations(self.layers, cond)[0].double()
@@ -240,12 +314,15 @@ class Localizer:
                                     unblocked_score=float(sample_max.max()))
         if not kept.any():
             return result
-        state = _PromptState(latents[kept.to(latents.device)], cond, unblocked[kept.to(unblocked.device)])
+        kept_latents = latents[kept.to(latents.device)]
+        paper_signal = c.signal == "noise_difference" and c.signal_step == 0
+        signal = unblocked[kept.to(unblocked.device)] if paper_signal else self.signal_maps(kept_latents, cond, None)
+        state = _PromptState(kept_latents, cond, signal)
 
         # Step A: widen the OOD selection until blocking removes the signal
         schedule = self.selection_schedule()
         sets = [self.initial_candidates(activation, theta, k) for theta, k in schedule]
-        found, scores = self._first_passing(state, sets, lambda s: s <= self.tau)
+        found, scores = self._first_passing(state, sets, lambda s: s <= self.score_tau)
         chosen = min(found, len(sets) - 1)
         result.theta, result.top_k = schedule[chosen]
         initial = sets[chosen]
@@ -271,7 +348,7 @@ class Localizer:
         current, score = self._prune(state, current, score, neuron_groups)
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
-        result.success = result.refined_score <= self.tau
+        result.success = result.refined_score <= self.score_tau
         return result
 
     def describe(self, neurons: Sequence[int]) -> list[tuple[str, int]]:
@@ -287,7 +364,7 @@ class Localizer:
 class _PromptState:
     latents: torch.Tensor     # kept samples' x_T
     cond: torch.Tensor        # (1, tokens, dim)
-    unblocked: torch.Tensor   # normalised unblocked noise differences of the kept samples
+    unblocked: torch.Tensor   # normalised unblocked signal maps of the kept samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +383,11 @@ def reference_table(layers: Sequence[ValueLayer], stats: ReferenceStats):
     return pa.Table.from_pylist(rows)
 
 
-def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueLayer], tau: float):
+def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueLayer], tau: float,
+                  score_tau: float | None = None, signal: str = "noise_difference", signal_step: int = 0):
     import pyarrow as pa
+
+    score_tau = tau if score_tau is None else score_tau
 
     names = [layer.name for layer in layers]
 
@@ -318,7 +398,8 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     for r in results:
         rows.append({
             "prompt_id": r.prompt_id, "mode": r.mode, "memorized": r.memorized, "kept_samples": r.kept_samples,
-            "unblocked_score": r.unblocked_score, "tau": tau,
+            "unblocked_score": r.unblocked_score, "tau": tau, "signal": signal, "signal_step": signal_step,
+            "score_tau": score_tau,
             "theta": r.theta, "top_k": r.top_k,
             "initial_neurons": r.initial_neurons, "initial_layers": layer_names(r.initial_neurons),
             "initial_count": len(r.initial_neurons), "initial_score": r.initial_score,
@@ -329,7 +410,8 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
         })
     schema = pa.schema([
         ("prompt_id", pa.string()), ("mode", pa.string()), ("memorized", pa.bool_()), ("kept_samples", pa.int32()),
-        ("unblocked_score", pa.float64()), ("tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
+        ("unblocked_score", pa.float64()), ("tau", pa.float64()), ("signal", pa.string()),
+        ("signal_step", pa.int32()), ("score_tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
         ("initial_neurons", pa.list_(pa.int32())), ("initial_layers", pa.list_(pa.string())),
         ("initial_count", pa.int32()), ("initial_score", pa.float64()),
         ("refined_neurons", pa.list_(pa.int32())), ("refined_layers", pa.list_(pa.string())),
@@ -340,26 +422,37 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
 
 
 def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau: float, config: LocalizeConfig,
-                     compare_modes: bool = False, log=print):
+                     compare_modes: bool | int = False, log=print):
     """Reference statistics over the reference prompts, then NeMo on every flagged prompt.
 
-    With `compare_modes` every prompt is searched both batched and one candidate per call, so
-    the two can be checked to agree and their costs compared.
+    With `compare_modes` prompts are also searched in the other mode (batched vs one candidate
+    per call), so the two can be checked to agree and their costs compared: true for every
+    flagged prompt, a number for the first that many. Returns the layers, reference
+    statistics, results and the search signal's threshold.
     """
     from mnemo.mitigate import value_layers
 
     layers = value_layers(model.unet, config.blocks)
     records = prompts.select(["prompt_id", "prompt", "reference"]).to_pylist()
     stats = reference_statistics(model, layers, [r["prompt"] for r in records if r["reference"]])
-    modes = list(MODES) if compare_modes else [config.mode]
+    other_mode = next(m for m in MODES if m != config.mode)
+    compared = len(flagged) if compare_modes is True else int(compare_modes)
     results = []
     texts = {r["prompt_id"]: r["prompt"] for r in records}
-    for prompt_id in flagged:
-        for mode in modes:
-            localizer = Localizer(model, layers, stats, tau, LocalizeConfig(**{**config.__dict__, "mode": mode}))
+    score_tau = tau
+    if config.signal != "noise_difference" or config.signal_step:
+        reference = [r for r in records if r["reference"]]
+        score_tau = Localizer(model, layers, stats, tau, config).signal_threshold(
+            [r["prompt_id"] for r in reference], [r["prompt"] for r in reference])
+        log(f"search signal {config.signal} at step {config.signal_step}: tau {score_tau:.4f} "
+            f"from {len(reference)} reference prompts")
+    for position, prompt_id in enumerate(flagged):
+        for mode in [config.mode, other_mode] if position < compared else [config.mode]:
+            localizer = Localizer(model, layers, stats, tau, LocalizeConfig(**{**config.__dict__, "mode": mode}),
+                                  score_tau)
             result = localizer.localize(prompt_id, texts[prompt_id])
             log(f"{prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
                 f"(initial {len(result.initial_neurons)}), score {result.unblocked_score:.3f} -> "
-                f"{result.refined_score:.3f} (tau {tau:.3f}), {result.unet_calls} UNet calls, {result.seconds:.1f} s")
+                f"{result.refined_score:.3f} (tau {score_tau:.3f}), {result.unet_calls} UNet calls, {result.seconds:.1f} s")
             results.append(result)
-    return layers, stats, results
+    return layers, stats, results, score_tau
