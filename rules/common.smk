@@ -168,10 +168,20 @@ def frechet_features():
     return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
 
 
+NEURON_MITIGATIONS = ("nemo", "nemo_global", "random")
+
+
+def blocked_layers(wildcards):
+    """The searched value layers, for neuron mitigations only: other sample sets do not depend on them."""
+    if config["mitigations"][wildcards.mitigation]["kind"] in NEURON_MITIGATIONS:
+        return config["localize"]["blocks"]
+    return None
+
+
 def mitigation_inputs(wildcards):
     """Neuron mitigations read the localized neurons; Wen's embedding mitigation reads detection."""
     kind = config["mitigations"][wildcards.mitigation]["kind"]
-    if kind in ("nemo", "nemo_global", "random"):
+    if kind in NEURON_MITIGATIONS:
         return {"neurons": f"{R}/localize/{wildcards.variant}/neurons.parquet"}
     if kind == "wen_embedding":
         return {"scores": f"{R}/detect/{wildcards.variant}/scores.parquet"}

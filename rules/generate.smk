@@ -20,7 +20,7 @@ rule generate:
         generate=config["generate"],
         guidance=lambda wc: guidance_of(wc.variant, wc.mitigation),
         mitigation=lambda wc: config["mitigations"][wc.mitigation],
-        blocks=config["localize"]["blocks"],
+        blocks=blocked_layers,
     conda:
         "../envs/mnemo.yaml"
     log:
