@@ -295,7 +295,9 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
         if kind == "nemo":
             chosen = own
         elif kind == "nemo_global":
-            union = sorted({n for neurons in own.values() for n in neurons})
+            # the neurons NeMo *found*: a failed search's widest selection is no finding
+            found = neurons_to_block([r for r in localized if r["success"]])
+            union = sorted({n for neurons in found.values() for n in neurons})
             chosen = {pid: union for pid in prompt_ids}
         else:
             chosen = {pid: random_like(layers, neurons, f"{settings.get('seed', 0)}:{pid}")
