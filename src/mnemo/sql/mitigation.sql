@@ -1,7 +1,16 @@
 -- Effect of each mitigation on planted (memorized) prompts and on the other prompts, at the
 -- primary descriptor's calibrated threshold: prompts with no replicated sample, replication
 -- rate, similarity; plus similarity of each sample to its unmitigated twin (same seed).
-WITH twins AS (
+-- "Own" columns count only copies of the prompt's own training images (NeMo's SSCD_Orig): a
+-- model that copies many training images can stop copying the memorized one and still copy others.
+WITH own AS (
+    SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
+           avg(CAST(m.source_similarity > p.threshold_calibrated AS DOUBLE)) AS own_rate
+    FROM matches_primary m
+    JOIN match_prompts p USING (variant, mitigation, guidance, prompt_id)
+    WHERE p.descriptor = (SELECT primary_descriptor FROM settings) AND m.source_similarity IS NOT NULL
+    GROUP BY ALL
+), twins AS (
     SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
            list_cosine_similarity(e.embedding::FLOAT[], u.embedding::FLOAT[]) AS twin_similarity
     FROM samples_primary m
@@ -16,12 +25,16 @@ SELECT r.variant, r.mitigation, r.guidance,
        count(*)                                                          AS prompts,
        avg(CAST(r.replication_rate_calibrated = 0 AS DOUBLE))            AS prompts_without_replication,
        sum(r.replication_rate_calibrated * r.samples) / sum(r.samples)   AS replication_rate,
+       avg(CAST(o.own_rate = 0 AS DOUBLE))                               AS prompts_without_own_replication,
+       avg(CAST(r.median_source_similarity <= r.threshold_calibrated AS DOUBLE)) AS prompts_typical_sample_below,
+       avg(o.own_rate)                                                   AS own_replication_rate,
        median(r.max_similarity)                                          AS median_max_similarity,
        median(r.median_source_similarity)                                AS median_source_similarity,
        median(t.twin_similarity)                                         AS median_twin_similarity,
        median(r.diversity)                                               AS median_diversity
 FROM match_prompts r
 LEFT JOIN twin_prompt t USING (variant, mitigation, guidance, prompt_id)
+LEFT JOIN own o USING (variant, mitigation, guidance, prompt_id)
 WHERE r.descriptor = (SELECT primary_descriptor FROM settings)
 GROUP BY ALL
 ORDER BY r.variant, prompts_of DESC, r.mitigation, r.guidance
