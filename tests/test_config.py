@@ -47,6 +47,8 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
         (lambda c: c["dataset"].update(source="chexpert", csv="/missing/train.csv", image_root="/tmp"),
          "dataset.csv"),
         (lambda c: c["match"].update(primary="sscd"), "match.primary"),
+        (lambda c: c["localize"].update(signal="attention"), "localize.signal"),
+        (lambda c: c["localize"].update(signal_step=25), "localize.signal_step"),  # detect.steps is 25
     ],
 )
 def test_bad_values_name_the_key(config, edit, key):

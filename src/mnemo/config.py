@@ -168,6 +168,10 @@ def check(config: Mapping[str, Any]) -> None:
                           f"(one of {', '.join(detectors)})")
     if detect.get("wen_n") and max(detect["wen_n"]) > detect.get("generations", 0):
         raise ConfigError("config key 'detect.wen_n': every n must be at most detect.generations")
+    signal_step = config.get("localize", {}).get("signal_step", 0)
+    if "steps" in detect and signal_step >= detect["steps"]:
+        raise ConfigError(f"config key 'localize.signal_step': {signal_step} is not a step of the "
+                          f"{detect['steps']}-step schedule (detect.steps); at most {detect['steps'] - 1}")
     descriptors = config.get("descriptors", {})
     primary = config.get("match", {}).get("primary")
     if descriptors and primary not in descriptors:
