@@ -58,7 +58,13 @@ def plot_loss_curve(history: Sequence[dict], path: str | Path, title: str = "tra
 
 
 def plot_neurons_per_layer(localized: Sequence[dict], layer_names: Sequence[str], path: str | Path) -> None:
-    """Refined neurons of all prompts per value layer; rows of `neurons.parquet`, layers in UNet order."""
+    """Refined neurons of all prompts per value layer; rows of `neurons.parquet`, layers in UNet order.
+
+    diffusers registers `up_blocks` before `mid_block`, so module order is not the data's path;
+    the bars go down, mid, up.
+    """
+    part = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    layer_names = sorted(layer_names, key=lambda name: part.get(name.split(".")[0], 3))  # stable within a part
     counts = np.zeros(len(layer_names), dtype=int)
     position = {name: i for i, name in enumerate(layer_names)}
     for row in localized:
