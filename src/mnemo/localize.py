@@ -3,8 +3,8 @@ value layers of any diffusers UNet.
 
 The search is NeMo's: an out-of-distribution initial selection against reference activation
 statistics, widened until blocking removes the memorization signal, then a greedy causal pruning
-(layers, then single neurons). Each candidate test asks "is the first-step noise difference of
-the blocked model still like the memorized one?" via MS-SSIM.
+(layers, then single neurons). Each candidate test asks "is the blocked model's signal still
+like the unblocked, memorized one?" via MS-SSIM.
 
 What is compared is the search's *signal*. `noise_difference` is the paper's, eps(x_T) - x_T at
 the first step. `guidance_direction` compares eps_cond - eps_uncond instead (Wen et al.'s
@@ -148,7 +148,6 @@ class Localizer:
                 self._empty = model.encode_prompts([""])
         self.total = neuron_count(self.layers)
         self.scheduler = ddim_scheduler(model, config.steps)
-        self.t1 = self.scheduler.timesteps[0]
         if not 0 <= config.signal_step < len(self.scheduler.timesteps):
             raise ValueError(f"config key 'localize.signal_step': {config.signal_step} is not a step of the "
                              f"{len(self.scheduler.timesteps)}-step DDIM schedule")
