@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnemo.localize import LocalizeConfig, Localizer, reference_statistics
+from mnemo.localize import LocalizeConfig, Localizer, reference_statistics, search_threshold
 from mnemo.mitigate import value_layers
 from mnemo.model import DiffusionModel
 
@@ -89,8 +89,7 @@ def demo(args) -> None:
     stats = reference_statistics(model, layers, [r["prompt"] for r in reference])
     base = LocalizeConfig(blocks=config["blocks"], signal=config["signal"], signal_step=config["signal_step"],
                           samples=args.samples, steps=settings["detect"]["steps"], batch_size=args.batch_size)
-    score_tau = Localizer(model, layers, stats, tau, base).signal_threshold(
-        [r["prompt_id"] for r in reference], [r["prompt"] for r in reference])
+    score_tau = search_threshold(model, layers, stats, tau, base, reference)
     print(f"{args.variant}: signal {base.signal} at step {base.signal_step}, blocks {list(base.blocks)}, tau {tau:.3f}, search tau {score_tau:.3f}")
     searches = [(r["prompt_id"], r["prompt"], tau, score_tau) for r in prompts if r["group"] == "planted"]
     searches = searches[:args.max_prompts]

@@ -74,6 +74,11 @@ class LocalizeConfig:
         if self.signal not in SIGNALS:
             raise ValueError(f"config key 'localize.signal': {self.signal!r} is not one of {SIGNALS}")
 
+    @property
+    def paper_signal(self) -> bool:
+        """The search compares what detection computed: its tau and unblocked maps carry over."""
+        return self.signal == "noise_difference" and self.signal_step == 0
+
 
 @dataclass
 class ReferenceStats:
@@ -314,8 +319,7 @@ class Localizer:
         if not kept.any():
             return result
         kept_latents = latents[kept.to(latents.device)]
-        paper_signal = c.signal == "noise_difference" and c.signal_step == 0
-        signal = unblocked[kept.to(unblocked.device)] if paper_signal else self.signal_maps(kept_latents, cond, None)
+        signal = unblocked[kept.to(unblocked.device)] if c.paper_signal else self.signal_maps(kept_latents, cond, None)
         state = _PromptState(kept_latents, cond, signal)
 
         # Step A: widen the OOD selection until blocking removes the signal
@@ -420,6 +424,16 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def search_threshold(model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
+                     config: LocalizeConfig, reference: Sequence[dict]) -> float:
+    """The tau a blocked set must reach: detection's for the paper's signal, else the search
+    signal's own over the reference prompts (rows with prompt_id and prompt)."""
+    if config.paper_signal:
+        return tau
+    return Localizer(model, layers, stats, tau, config).signal_threshold(
+        [r["prompt_id"] for r in reference], [r["prompt"] for r in reference])
+
+
 def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau: float, config: LocalizeConfig,
                      compare_modes: bool | int = False, log=print):
     """Reference statistics over the reference prompts, then NeMo on every flagged prompt.
@@ -438,11 +452,9 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
     compared = len(flagged) if compare_modes is True else int(compare_modes)
     results = []
     texts = {r["prompt_id"]: r["prompt"] for r in records}
-    score_tau = tau
-    if config.signal != "noise_difference" or config.signal_step:
-        reference = [r for r in records if r["reference"]]
-        score_tau = Localizer(model, layers, stats, tau, config).signal_threshold(
-            [r["prompt_id"] for r in reference], [r["prompt"] for r in reference])
+    reference = [r for r in records if r["reference"]]
+    score_tau = search_threshold(model, layers, stats, tau, config, reference)
+    if not config.paper_signal:
         log(f"search signal {config.signal} at step {config.signal_step}: tau {score_tau:.4f} "
             f"from {len(reference)} reference prompts")
     for position, prompt_id in enumerate(flagged):
