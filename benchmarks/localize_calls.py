@@ -68,7 +68,7 @@ def main() -> None:
     for i, prompt in enumerate(PROMPTS):
         probe = Localizer(model, layers, stats, -1.0, base).localize(f"p{i}", prompt)
         searches.append((f"p{i}", prompt, probe.unblocked_score - 0.02, None))
-    compare(model, layers, stats, base, searches, args)
+    compare(model, layers, stats, base, searches, args, REFERENCE)
 
 
 def demo(args) -> None:
@@ -88,21 +88,23 @@ def demo(args) -> None:
     reference = [r for r in prompts if r["reference"]]
     stats = reference_statistics(model, layers, [r["prompt"] for r in reference])
     base = LocalizeConfig(blocks=config["blocks"], signal=config["signal"], signal_step=config["signal_step"],
-                          samples=args.samples, steps=settings["detect"]["steps"], batch_size=args.batch_size)
+                          score=config["score"], samples=args.samples, steps=settings["detect"]["steps"],
+                          batch_size=args.batch_size)
     score_tau = search_threshold(model, layers, stats, tau, base, reference)
-    print(f"{args.variant}: signal {base.signal} at step {base.signal_step}, blocks {list(base.blocks)}, tau {tau:.3f}, search tau {score_tau:.3f}")
+    print(f"{args.variant}: {base.score} of {base.signal} at step {base.signal_step}, blocks {list(base.blocks)}, "
+          f"tau {tau:.3f}, search tau {'per prompt' if score_tau is None else f'{score_tau:.3f}'}")
     searches = [(r["prompt_id"], r["prompt"], tau, score_tau) for r in prompts if r["group"] == "planted"]
     searches = searches[:args.max_prompts]
-    compare(model, layers, stats, base, searches, args)
+    compare(model, layers, stats, base, searches, args, [r["prompt"] for r in reference])
 
 
-def compare(model, layers, stats, base, searches, args) -> None:
+def compare(model, layers, stats, base, searches, args, reference) -> None:
     rows = {"batched": [], "sequential": []}
     for prompt_id, prompt, tau, score_tau in searches:
         found = {}
         for mode in rows:
             config = LocalizeConfig(**{**base.__dict__, "mode": mode})
-            result = Localizer(model, layers, stats, tau, config, score_tau).localize(prompt_id, prompt)
+            result = Localizer(model, layers, stats, tau, config, score_tau, reference).localize(prompt_id, prompt)
             rows[mode].append(result)
             found[mode] = result.refined_neurons
         agree = "same neurons" if found["batched"] == found["sequential"] else "DIFFERENT neurons"

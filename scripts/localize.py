@@ -13,7 +13,7 @@ with job(snakemake) as log:
     flagged = [r["prompt_id"] for r in scores if r["nemo_flagged"]]
     tau = read_json(snakemake.input.threshold)["tau"]
     log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)
-    layers, stats, results, score_tau = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info)
-    table = results_table(results, layers, tau, score_tau, config.signal, config.signal_step)
+    layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info)
+    table = results_table(results, layers, tau, config)
     write_parquet(table, snakemake.output.neurons)
     write_parquet(reference_table(layers, stats), snakemake.output.reference)

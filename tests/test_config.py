@@ -48,6 +48,7 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
          "dataset.csv"),
         (lambda c: c["match"].update(primary="sscd"), "match.primary"),
         (lambda c: c["localize"].update(signal="attention"), "localize.signal"),
+        (lambda c: c["localize"].update(score="cosine"), "localize.score"),
         (lambda c: c["localize"].update(signal_step=25), "localize.signal_step"),  # detect.steps is 25
     ],
 )

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from mnemo.localize import LocalizeConfig, Localizer, ReferenceStats, reference_statistics
+from mnemo.localize import (
+    LocalizeConfig,
+    Localizer,
+    ReferenceStats,
+    projection,
+    reference_statistics,
+    speculation_tree,
+)
 from mnemo.mitigate import (
     NeuronBlocker,
     block_neurons,
@@ -144,8 +153,9 @@ def _search(tiny_model, mode, essential, monkeypatch):
     return localizer.localize("p", TINY_PROMPTS[0]), calls
 
 
-def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, monkeypatch):
-    essential = [2, 17, 35]
+@pytest.mark.parametrize("essential", [[2, 17, 35],                                   # a few neurons
+                                       [n for n in range(4, 40) if n % 5 != 0]])   # most of them
+def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, monkeypatch, essential):
     sequential, seq_calls = _search(tiny_model, "sequential", essential, monkeypatch)
     batched, bat_calls = _search(tiny_model, "batched", essential, monkeypatch)
     assert sequential.refined_neurons == batched.refined_neurons == essential
@@ -155,9 +165,39 @@ def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, mo
     assert len(bat_calls) * 4 <= len(seq_calls)     # the batched search needs far fewer calls
 
 
-@pytest.mark.parametrize(("signal", "step"), [("noise_difference", 0), ("guidance_direction", 0),
-                                              ("guidance_direction", 2)])
-def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step):
+def _groups(n, total=8):
+    out = []
+    for i in range(n):
+        group = torch.zeros(total, dtype=torch.bool)
+        group[i] = True
+        out.append(group)
+    return out
+
+
+def test_speculation_tree_follows_the_likely_decisions():
+    current, groups = torch.ones(8, dtype=torch.bool), _groups(6)
+    assert list(speculation_tree(current, groups, 0.5, 1)) == [()]      # sequential: the next test only
+    # groups usually kept: the tests are "each group left out alone"
+    keeps = speculation_tree(current, groups, 0.95, 4)
+    assert list(keeps) == [(), (False,), (False, False), (False, False, False)]
+    for i, node in enumerate(keeps.values()):
+        assert torch.equal(node.tested, ~groups[i][:8] & current)
+    # groups usually dropped: cumulative removals, the chain the old speculation scored
+    drops = speculation_tree(current, groups, 0.05, 4)
+    assert list(drops) == [(), (True,), (True, True), (True, True, True)]
+    assert [int(node.tested.sum()) for node in drops.values()] == [7, 6, 5, 4]
+    # undecided: both branches, most likely first, every test's parent present
+    both = speculation_tree(current, groups, 0.5, 7)
+    assert set(both) == {(), (True,), (False,), (True, True), (True, False), (False, True), (False, False)}
+    assert all(key[:-1] in both for key in both if key)
+    assert speculation_tree(current, groups[:2], 0.5, 100).keys() == {(), (True,), (False,)}  # no tests past the end
+
+
+@pytest.mark.parametrize(("signal", "step", "score"), [("noise_difference", 0, "ms_ssim"),
+                                                       ("guidance_direction", 0, "ms_ssim"),
+                                                       ("guidance_direction", 2, "ms_ssim"),
+                                                       ("guidance_direction", 2, "projection")])
+def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step, score):
     layers = value_layers(tiny_model.unet)
     x = initial_noise([1, 2, 3], tiny_model.sample_shape)
     embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
@@ -172,8 +212,8 @@ def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step):
     def score_all(mode):
         localizer = Localizer(tiny_model, layers, stats, tau=0.5,
                               config=LocalizeConfig(mode=mode, steps=3, signal=signal, signal_step=step,
-                                                    batch_size=8))
-        state = _PromptState(x, embeds, localizer.signal_maps(x, embeds, None))
+                                                    score=score, batch_size=8), reference_prompts=TINY_PROMPTS[1:])
+        state = _PromptState(x, embeds, localizer._prepare(localizer.raw_signal(x, embeds, None)))
         if mode == "batched":
             return localizer.scores(state, sets)
         return torch.cat([localizer.scores(state, [s]) for s in sets])
@@ -240,8 +280,51 @@ def test_signal_threshold_of_the_paper_signal_is_the_detection_tau(tiny_model):
         LocalizeConfig(signal="attention")
 
 
-@pytest.mark.parametrize("signal", ["noise_difference", "guidance_direction"])
-def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal):
+def test_projection_sees_magnitude_and_blocking():
+    unblocked = torch.randn(3, 4, 8, 8)
+    other = torch.randn(3, 4, 8, 8)
+    other -= projection(other, unblocked).view(3, 1, 1, 1) * unblocked   # orthogonal to each sample
+    torch.testing.assert_close(projection(unblocked, unblocked), torch.ones(3))
+    torch.testing.assert_close(projection(0.5 * unblocked + other, unblocked), torch.full((3,), 0.5))
+    assert projection(torch.zeros_like(unblocked), unblocked).abs().max() == 0
+
+
+def test_projection_score_and_its_per_prompt_threshold(tiny_model):
+    """Blocking every value neuron leaves none of the guidance direction (score 0), factor 1 all of it;
+    tau is mean + 1 std of the reference prompts' projections from the same latents."""
+    from mnemo.detect import memorization_threshold
+    from mnemo.localize import _PromptState
+
+    layers = value_layers(tiny_model.unet, ("down", "mid", "up"))
+    total = neuron_count(layers)
+    stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
+    x = initial_noise([5, 6, 7], tiny_model.sample_shape)
+    embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
+    reference = TINY_PROMPTS[1:4]
+
+    def localizer(factor=0.0):
+        config = LocalizeConfig(steps=3, signal="guidance_direction", signal_step=1, score="projection",
+                                factor=factor, batch_size=4)
+        return Localizer(tiny_model, layers, stats, 0.5, config, reference_prompts=reference)
+
+    search = localizer()
+    unblocked = search.raw_signal(x, embeds, None)
+    state = _PromptState(x, embeds, unblocked)
+    nothing, everything = torch.zeros(total, dtype=torch.bool), torch.ones(total, dtype=torch.bool)
+    scores = search.scores(state, [nothing, everything])
+    torch.testing.assert_close(scores[0], torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    assert scores[1] == 0
+    assert localizer(factor=1.0).scores(state, [everything])[0] == pytest.approx(1.0, abs=1e-4)
+    by_hand = torch.cat([projection(search.raw_signal(x, tiny_model.encode_prompts([p]), None), unblocked)
+                         for p in reference])
+    assert search.projection_threshold(x, unblocked) == pytest.approx(memorization_threshold(by_hand), abs=1e-4)
+    with pytest.raises(ValueError, match="localize.score"):
+        Localizer(tiny_model, layers, stats, 0.5, LocalizeConfig(steps=3, score="projection"))
+
+
+@pytest.mark.parametrize(("signal", "score"), [("noise_difference", "ms_ssim"), ("guidance_direction", "ms_ssim"),
+                                               ("guidance_direction", "projection")])
+def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal, score):
     layers = value_layers(tiny_model.unet)
     stats = reference_statistics(tiny_model, layers, TINY_PROMPTS[1:])
     config = LocalizeConfig(samples=4, steps=3, theta=2.0)
@@ -250,15 +333,19 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal):
     # a threshold just under the unblocked score: memorized, and removable by blocking
     tau = probe.unblocked_score - 1e-3
     results = {mode: Localizer(tiny_model, layers, stats, tau,
-                               LocalizeConfig(samples=4, steps=3, theta=2.0, mode=mode, signal=signal)
-                               ).localize("p", TINY_PROMPTS[0])
+                               LocalizeConfig(samples=4, steps=3, theta=2.0, mode=mode, signal=signal, score=score),
+                               reference_prompts=TINY_PROMPTS[1:]).localize("p", TINY_PROMPTS[0])
                for mode in ("batched", "sequential")}
     for result in results.values():
         assert result.memorized
         assert result.unet_calls > 0 and result.seconds > 0
+        if score == "ms_ssim":
+            assert result.score_tau == tau
+        else:  # per prompt, from the reference prompts
+            assert math.isfinite(result.score_tau) and result.score_tau != tau
         if result.success:
             assert set(result.refined_neurons) <= set(result.initial_neurons)
-            assert result.refined_score <= tau
+            assert result.refined_score <= result.score_tau
     assert results["batched"].refined_neurons == results["sequential"].refined_neurons
     assert results["batched"].unet_calls <= results["sequential"].unet_calls
 

@@ -26,6 +26,7 @@ fails. Both make the same decisions; the batched one makes far fewer UNet calls.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -46,6 +47,17 @@ from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
 
 MODES = ("batched", "sequential")
 SIGNALS = ("noise_difference", "guidance_direction")
+SCORES = ("ms_ssim", "projection")
+
+
+def projection(blocked: torch.Tensor, unblocked: torch.Tensor) -> torch.Tensor:
+    """Per sample, <blocked, unblocked> / |unblocked|^2: how much of the unblocked signal is left.
+
+    Unlike MS-SSIM of min-max normalised maps it sees magnitude: a direction that keeps its
+    shape at half the strength scores 0.5, and blocking every neuron that writes it scores 0.
+    """
+    b, u = blocked.flatten(1).double(), unblocked.flatten(1).double()
+    return ((b * u).sum(1) / (u * u).sum(1).clamp_min(1e-30)).float()
 
 
 @dataclass
@@ -65,6 +77,7 @@ class LocalizeConfig:
     mode: str = "batched"
     signal: str = "noise_difference"
     signal_step: int = 0
+    score: str = "ms_ssim"
 
     def __post_init__(self) -> None:
         self.blocks = tuple(self.blocks)
@@ -73,11 +86,13 @@ class LocalizeConfig:
             raise ValueError(f"config key 'localize.mode': {self.mode!r} is not one of {MODES}")
         if self.signal not in SIGNALS:
             raise ValueError(f"config key 'localize.signal': {self.signal!r} is not one of {SIGNALS}")
+        if self.score not in SCORES:
+            raise ValueError(f"config key 'localize.score': {self.score!r} is not one of {SCORES}")
 
     @property
     def paper_signal(self) -> bool:
         """The search compares what detection computed: its tau and unblocked maps carry over."""
-        return self.signal == "noise_difference" and self.signal_step == 0
+        return self.signal == "noise_difference" and self.signal_step == 0 and self.score == "ms_ssim"
 
 
 @dataclass
@@ -112,6 +127,7 @@ class LocalizationResult:
     theta: float = float("nan")
     top_k: int = 0
     success: bool = False
+    score_tau: float = float("nan")  # the threshold the blocked score had to reach
     unet_calls: int = 0
     seconds: float = 0.0
     mode: str = "batched"
@@ -135,18 +151,25 @@ class Localizer:
     """NeMo search for one model; `localize(prompt_id, prompt)` per memorized prompt.
 
     `tau` is the detection threshold (noise difference), deciding which samples are memorized;
-    `score_tau` the threshold a blocked set's score must reach, in the search signal's units
-    (the same as `tau` for the paper's signal).
+    `score_tau` the threshold a blocked set's MS-SSIM score must reach, in the search signal's
+    units (the same as `tau` for the paper's signal). The projection score derives its threshold
+    per prompt from `reference_prompts` instead.
     """
 
     def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
-                 config: LocalizeConfig, score_tau: float | None = None):
+                 config: LocalizeConfig, score_tau: float | None = None, reference_prompts: Sequence[str] = ()):
         self.model = model
         self.layers = list(layers)
         self.stats = stats
         self.tau = float(tau)
         self.score_tau = self.tau if score_tau is None else float(score_tau)
         self.config = config
+        self._reference = None
+        if config.score == "projection":
+            if not reference_prompts:
+                raise ValueError("config key 'localize.score': projection needs reference (non-memorized) prompts")
+            with torch.no_grad():
+                self._reference = model.encode_prompts(list(reference_prompts))
         self._empty = None
         if config.signal == "guidance_direction":
             with torch.no_grad():
@@ -162,11 +185,17 @@ class Localizer:
     # -- scoring -----------------------------------------------------------------------------
     def signal_maps(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None,
                     signal: str | None = None, step: int | None = None) -> torch.Tensor:
-        """Normalised signal maps for latents (B, ...) at a DDIM step, optional per-sample masks.
+        """Min-max normalised signal maps (what MS-SSIM compares); see `raw_signal`."""
+        return normalize_maps(self.raw_signal(latents, cond, masks, signal, step))
 
-        At step k > 0 the samples first follow k conditional DDIM steps with the same neurons
-        blocked (one UNet call each); the signal's call then runs both halves for the guidance
-        direction, each sample's mask applied to both.
+    def raw_signal(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None,
+                   signal: str | None = None, step: int | None = None) -> torch.Tensor:
+        """Signal maps for latents (B, ...) at a DDIM step, optional per-sample masks.
+
+        `cond` is one prompt's embedding (1, tokens, dim) or one per latent. At step k > 0 the
+        samples first follow k conditional DDIM steps with the same neurons blocked (one UNet
+        call each); the signal's call then runs both halves for the guidance direction, each
+        sample's mask applied to both.
         """
         signal = signal or self.config.signal
         step = self.config.signal_step if step is None else step
@@ -176,7 +205,7 @@ class Localizer:
         out = []
         for begin in range(0, len(latents), size):
             x = latents[begin:begin + size]
-            embeds = cond.expand(len(x), -1, -1)
+            embeds = cond.expand(len(x), -1, -1) if len(cond) == 1 else cond[begin:begin + size]
             blocker = (nullcontext() if masks is None
                        else NeuronBlocker(self.layers, masks[begin:begin + size], self.config.factor))
             with torch.no_grad(), blocker:
@@ -190,7 +219,7 @@ class Localizer:
                     maps = eps_cond - eps_uncond
                 else:
                     maps = self.model.unet(x, timesteps[step], encoder_hidden_states=embeds).sample - x
-            out.append(normalize_maps(maps.float()))
+            out.append(maps.float())
         return torch.cat(out)
 
     def _deltas(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
@@ -215,16 +244,44 @@ class Localizer:
     def _ssim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return ms_ssim(a, b, self.kernel, self.config.betas)
 
+    def _prepare(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw signal maps in the form the score compares: normalised for MS-SSIM."""
+        return normalize_maps(maps) if self.config.score == "ms_ssim" else maps
+
+    def _compare(self, unblocked: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """Per-sample score of blocked maps against the unblocked ones (both `_prepare`d)."""
+        if self.config.score == "ms_ssim":
+            return self._ssim(unblocked, blocked)
+        return projection(blocked, unblocked)
+
+    def projection_threshold(self, latents: torch.Tensor, unblocked: torch.Tensor) -> float:
+        """tau of the projection score: mean + 1 std of the reference prompts' projections.
+
+        Each reference prompt's signal from the same latents, projected onto this prompt's
+        unblocked signal: how much of the memorized direction an ordinary prompt carries.
+        """
+        n, k = len(self._reference), len(latents)
+        latents = latents.repeat(n, *([1] * (latents.ndim - 1)))
+        maps = self.raw_signal(latents, self._reference.repeat_interleave(k, dim=0), None)
+        return memorization_threshold(projection(maps, unblocked.repeat(n, *([1] * (unblocked.ndim - 1)))))
+
     def scores(self, state: _PromptState, sets: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Blocked score of each neuron set: max over kept samples of SSIM(unblocked, blocked)."""
+        """Blocked score of each neuron set: the max over kept samples of the per-sample score."""
         if not sets:
             return torch.empty(0)
         k = len(state.latents)
         masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
         latents = state.latents.repeat(len(sets), *([1] * (state.latents.ndim - 1)))
-        blocked = self.signal_maps(latents, state.cond, masks)
+        blocked = self._prepare(self.raw_signal(latents, state.cond, masks))
         reference = state.unblocked.repeat(len(sets), *([1] * (state.unblocked.ndim - 1)))
-        return self._ssim(reference, blocked).view(len(sets), k).max(dim=1).values
+        return self._compare(reference, blocked).view(len(sets), k).max(dim=1).values
+
+    def _sets_per_call(self, state: _PromptState) -> int:
+        """Candidate sets scored per UNet call: one in sequential mode, as many as fit the batch in batched mode."""
+        if self.config.mode == "sequential":
+            return 1
+        per_set = len(state.latents) * (2 if self.config.signal == "guidance_direction" else 1)
+        return max(1, self.config.batch_size // per_set)
 
     def _first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor],
                        passes: Callable[[float], bool]) -> tuple[int, list[float]]:
@@ -233,8 +290,7 @@ class Localizer:
         Sequential mode scores one set per UNet call; batched mode scores as many sets as fit
         in one call and stops at the first chunk that contains a passing set.
         """
-        per_set = len(state.latents) * (2 if self.config.signal == "guidance_direction" else 1)  # samples per call
-        per_call = 1 if self.config.mode == "sequential" else max(1, self.config.batch_size // per_set)
+        per_call = self._sets_per_call(state)
         seen: list[float] = []
         for begin in range(0, len(sets), per_call):
             chunk = self.scores(state, sets[begin:begin + per_call]).tolist()
@@ -272,22 +328,28 @@ class Localizer:
                groups: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
         """Greedy pruning: drop each group (in order) if the set without it stays <= tau.
 
-        Returns the pruned set and its score (every set it returns has been scored).
+        Each decision depends on the ones before it, so batched mode scores a speculative tree
+        of the next decisions in one call and follows the branch the scores take (see
+        `speculation_tree`). Returns the pruned set and its score (every set it returns has
+        been scored).
         """
-        position = 0
+        position, kept = 0, 0
+        per_call = self._sets_per_call(state)
         while position < len(groups):
-            # speculate that every remaining group can be dropped: cumulative removals
-            chain, trial = [], current.clone()
-            for group in groups[position:]:
-                trial = trial & ~group
-                chain.append(trial.clone())
-            failed, scores = self._first_passing(state, chain, lambda s: s > self.score_tau)
-            if failed == len(chain):
-                return chain[-1], scores[-1]
-            # groups before `failed` were dropped; the failing group stays
-            if failed > 0:
-                current, score = chain[failed - 1], scores[failed - 1]
-            position += failed + 1
+            keep_rate = (kept + 1) / (position + 2)   # Laplace estimate from this pass's decisions
+            tree = speculation_tree(current, groups[position:], keep_rate, per_call)
+            scores = self.scores(state, [node.tested for node in tree.values()]).tolist()
+            outcome = dict(zip(tree, scores, strict=True))
+            decisions: tuple[bool, ...] = ()
+            while decisions in tree:
+                node, node_score = tree[decisions], outcome[decisions]
+                dropped = node_score <= state.tau
+                if dropped:
+                    current, score = node.tested, node_score
+                else:
+                    kept += 1
+                position += 1
+                decisions += (dropped,)
         return current, score
 
     def localize(self, prompt_id: str, prompt: str) -> LocalizationResult:
@@ -319,13 +381,18 @@ class Localizer:
         if not kept.any():
             return result
         kept_latents = latents[kept.to(latents.device)]
-        signal = unblocked[kept.to(unblocked.device)] if c.paper_signal else self.signal_maps(kept_latents, cond, None)
-        state = _PromptState(kept_latents, cond, signal)
+        if c.paper_signal:
+            state = _PromptState(kept_latents, cond, unblocked[kept.to(unblocked.device)], self.score_tau)
+        else:
+            signal = self.raw_signal(kept_latents, cond, None)
+            score_tau = self.projection_threshold(kept_latents, signal) if c.score == "projection" else self.score_tau
+            state = _PromptState(kept_latents, cond, self._prepare(signal), score_tau)
+        result.score_tau = state.tau
 
         # Step A: widen the OOD selection until blocking removes the signal
         schedule = self.selection_schedule()
         sets = [self.initial_candidates(activation, theta, k) for theta, k in schedule]
-        found, scores = self._first_passing(state, sets, lambda s: s <= self.score_tau)
+        found, scores = self._first_passing(state, sets, lambda s: s <= state.tau)
         chosen = min(found, len(sets) - 1)
         result.theta, result.top_k = schedule[chosen]
         initial = sets[chosen]
@@ -351,7 +418,7 @@ class Localizer:
         current, score = self._prune(state, current, score, neuron_groups)
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
-        result.success = result.refined_score <= self.score_tau
+        result.success = result.refined_score <= state.tau
         return result
 
     def describe(self, neurons: Sequence[int]) -> list[tuple[str, int]]:
@@ -367,7 +434,38 @@ class Localizer:
 class _PromptState:
     latents: torch.Tensor     # kept samples' x_T
     cond: torch.Tensor        # (1, tokens, dim)
-    unblocked: torch.Tensor   # normalised unblocked signal maps of the kept samples
+    unblocked: torch.Tensor   # unblocked signal maps of the kept samples, prepared for the score
+    tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
+
+
+@dataclass
+class SpeculativeTest:
+    tested: torch.Tensor      # the neuron set scored: the pruning's set on this branch without the next group
+    probability: float        # chance that the real decisions reach this test
+
+
+def speculation_tree(current: torch.Tensor, groups: Sequence[torch.Tensor], keep_rate: float,
+                     size: int) -> dict[tuple[bool, ...], SpeculativeTest]:
+    """The `size` most likely next tests of greedy pruning, keyed by the decisions before them.
+
+    Decision i (True = group i dropped) changes the set every later test removes from, so the
+    possible futures form a binary tree; with a group kept at rate `keep_rate` (independently),
+    expanding it best-first gives the tests whose outcomes resolve the most decisions per
+    call. The key () is the next real test; a key is only present with its parent.
+    """
+    tree: dict[tuple[bool, ...], SpeculativeTest] = {}
+    frontier = [(-1.0, 0, (), current)]
+    pushed = 1
+    while frontier and len(tree) < size:
+        negative, _, decisions, base = heapq.heappop(frontier)
+        probability = -negative
+        tested = base & ~groups[len(decisions)]
+        tree[decisions] = SpeculativeTest(tested, probability)
+        if len(decisions) + 1 < len(groups):
+            for dropped, chance, next_base in ((True, 1 - keep_rate, tested), (False, keep_rate, base)):
+                heapq.heappush(frontier, (-probability * chance, pushed, decisions + (dropped,), next_base))
+                pushed += 1
+    return tree
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,10 +485,8 @@ def reference_table(layers: Sequence[ValueLayer], stats: ReferenceStats):
 
 
 def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueLayer], tau: float,
-                  score_tau: float | None = None, signal: str = "noise_difference", signal_step: int = 0):
+                  config: LocalizeConfig):
     import pyarrow as pa
-
-    score_tau = tau if score_tau is None else score_tau
 
     names = [layer.name for layer in layers]
 
@@ -401,8 +497,8 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     for r in results:
         rows.append({
             "prompt_id": r.prompt_id, "mode": r.mode, "memorized": r.memorized, "kept_samples": r.kept_samples,
-            "unblocked_score": r.unblocked_score, "tau": tau, "signal": signal, "signal_step": signal_step,
-            "score_tau": score_tau,
+            "unblocked_score": r.unblocked_score, "tau": tau, "signal": config.signal,
+            "signal_step": config.signal_step, "score": config.score, "score_tau": r.score_tau,
             "theta": r.theta, "top_k": r.top_k,
             "initial_neurons": r.initial_neurons, "initial_layers": layer_names(r.initial_neurons),
             "initial_count": len(r.initial_neurons), "initial_score": r.initial_score,
@@ -414,7 +510,7 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     schema = pa.schema([
         ("prompt_id", pa.string()), ("mode", pa.string()), ("memorized", pa.bool_()), ("kept_samples", pa.int32()),
         ("unblocked_score", pa.float64()), ("tau", pa.float64()), ("signal", pa.string()),
-        ("signal_step", pa.int32()), ("score_tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
+        ("signal_step", pa.int32()), ("score", pa.string()), ("score_tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
         ("initial_neurons", pa.list_(pa.int32())), ("initial_layers", pa.list_(pa.string())),
         ("initial_count", pa.int32()), ("initial_score", pa.float64()),
         ("refined_neurons", pa.list_(pa.int32())), ("refined_layers", pa.list_(pa.string())),
@@ -425,11 +521,14 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
 
 
 def search_threshold(model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
-                     config: LocalizeConfig, reference: Sequence[dict]) -> float:
-    """The tau a blocked set must reach: detection's for the paper's signal, else the search
-    signal's own over the reference prompts (rows with prompt_id and prompt)."""
+                     config: LocalizeConfig, reference: Sequence[dict]) -> float | None:
+    """The MS-SSIM tau a blocked set must reach: detection's for the paper's signal, else the
+    search signal's own over the reference prompts (rows with prompt_id and prompt). None for
+    the projection score, whose threshold is per prompt."""
     if config.paper_signal:
         return tau
+    if config.score == "projection":
+        return None
     return Localizer(model, layers, stats, tau, config).signal_threshold(
         [r["prompt_id"] for r in reference], [r["prompt"] for r in reference])
 
@@ -441,7 +540,7 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
     With `compare_modes` prompts are also searched in the other mode (batched vs one candidate
     per call), so the two can be checked to agree and their costs compared: true for every
     flagged prompt, a number for the first that many. Returns the layers, reference
-    statistics, results and the search signal's threshold.
+    statistics and results.
     """
     from mnemo.mitigate import value_layers
 
@@ -455,15 +554,17 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
     reference = [r for r in records if r["reference"]]
     score_tau = search_threshold(model, layers, stats, tau, config, reference)
     if not config.paper_signal:
-        log(f"search signal {config.signal} at step {config.signal_step}: tau {score_tau:.4f} "
+        where = "per prompt" if score_tau is None else f"{score_tau:.4f}"
+        log(f"search: {config.score} of {config.signal} at step {config.signal_step}, tau {where} "
             f"from {len(reference)} reference prompts")
     for position, prompt_id in enumerate(flagged):
         for mode in [config.mode, other_mode] if position < compared else [config.mode]:
             localizer = Localizer(model, layers, stats, tau, LocalizeConfig(**{**config.__dict__, "mode": mode}),
-                                  score_tau)
+                                  score_tau, [r["prompt"] for r in reference])
             result = localizer.localize(prompt_id, texts[prompt_id])
             log(f"{prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
                 f"(initial {len(result.initial_neurons)}), score {result.unblocked_score:.3f} -> "
-                f"{result.refined_score:.3f} (tau {score_tau:.3f}), {result.unet_calls} UNet calls, {result.seconds:.1f} s")
+                f"{result.refined_score:.3f} (tau {result.score_tau:.3f}), {result.unet_calls} UNet calls, "
+                f"{result.seconds:.1f} s")
             results.append(result)
-    return layers, stats, results, score_tau
+    return layers, stats, results
