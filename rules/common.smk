@@ -171,11 +171,15 @@ def frechet_features():
 NEURON_MITIGATIONS = ("nemo", "nemo_global", "random")
 
 
-def blocked_layers(wildcards):
-    """The searched value layers, for neuron mitigations only: other sample sets do not depend on them."""
-    if config["mitigations"][wildcards.mitigation]["kind"] in NEURON_MITIGATIONS:
-        return config["localize"]["blocks"]
-    return None
+def localize_setting(key):
+    """A localize setting as a generate param, for neuron mitigations only: other sample sets do not depend on it."""
+
+    def param(wildcards):
+        if config["mitigations"][wildcards.mitigation]["kind"] in NEURON_MITIGATIONS:
+            return config["localize"][key]
+        return None
+
+    return param
 
 
 def mitigation_inputs(wildcards):

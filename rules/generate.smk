@@ -20,7 +20,8 @@ rule generate:
         generate=config["generate"],
         guidance=lambda wc: guidance_of(wc.variant, wc.mitigation),
         mitigation=lambda wc: config["mitigations"][wc.mitigation],
-        blocks=blocked_layers,
+        blocks=localize_setting("blocks"),
+        search_mode=localize_setting("mode"),
     conda:
         "../envs/mnemo.yaml"
     log:

@@ -56,6 +56,7 @@ rule retrigger:
         retrigger=config["retrigger"],
         descriptor=lambda wc: config["descriptors"][primary()],
         blocks=config["localize"]["blocks"],
+        search_mode=config["localize"]["mode"],
         sampling_steps=config["generate"]["steps"],
     conda:
         "../envs/mnemo.yaml"

@@ -1,6 +1,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mnemo.localize import read_localized
 from mnemo.mitigate import build_mitigation
 from mnemo.sample import generate, plan_requests, sample_seed, samples_table, sheet_of_samples
 from mnemo.workflow import fault_point, job, load_model, write_parquet
@@ -14,7 +15,7 @@ with job(snakemake) as log:
     n = settings["samples_per_prompt"]
     extra = {}
     if hasattr(snakemake.input, "neurons"):
-        extra["localized"] = [r for r in pq.read_table(snakemake.input.neurons).to_pylist() if r["mode"] != "sequential"]
+        extra["localized"] = read_localized(snakemake.input.neurons, snakemake.params.search_mode)
     if hasattr(snakemake.input, "scores"):
         scores = pq.read_table(snakemake.input.scores).to_pylist()
         extra["flagged"] = {r["prompt_id"] for r in scores if r["nemo_flagged"]}

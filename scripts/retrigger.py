@@ -3,6 +3,7 @@ import pyarrow.parquet as pq
 
 from mnemo.dataset import cache_images, read_cache
 from mnemo.descriptors import build_descriptor
+from mnemo.localize import read_localized
 from mnemo.mitigate import value_layers
 from mnemo.retrigger import RetriggerConfig, run_retrigger
 from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
@@ -13,7 +14,7 @@ with job(snakemake) as log:
     config = RetriggerConfig(**settings, sampling_steps=snakemake.params.sampling_steps)
     device = device_of(snakemake)
     model = load_model(snakemake)
-    localized = [r for r in pq.read_table(snakemake.input.neurons).to_pylist() if r["mode"] != "sequential"]
+    localized = read_localized(snakemake.input.neurons, snakemake.params.search_mode)
     prompts = pq.read_table(snakemake.input.prompts)
     cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])
     images = dict(zip(cache.column("image_id").to_pylist(), cache_images(cache), strict=True))

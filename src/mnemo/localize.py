@@ -18,10 +18,18 @@ calls per candidate test. Which samples count as memorized is always decided wit
 and the detection threshold; a blocked set is judged against a threshold of the search signal,
 mean + 1 std of its pairwise scores on the reference prompts, as NeMo derives tau.
 
+`score` is how blocked and unblocked signals are compared. `ms_ssim` is the paper's: shape only,
+so a direction blocked to half its strength still scores high. `projection` measures how much of
+the unblocked direction is left, <blocked, unblocked> / |unblocked|^2, and passes a set when that
+is no more than ordinary prompts carry: its tau is mean + 1 std of the reference prompts'
+projections (same latents, same step) onto the prompt's unblocked signal.
+
 Two ways to run the same search: `sequential` evaluates one candidate set per UNet call, as the
 official code does; `batched` evaluates many candidate sets in one UNet call with a per-sample
-neuron mask, speculating that greedy pruning steps succeed and rolling back at the first that
-fails. Both make the same decisions; the batched one makes far fewer UNet calls.
+neuron mask. Greedy pruning's decisions depend on each other, so it scores a speculative tree of
+the likeliest next decisions (`speculation_tree`) and follows the branch the scores take. Both
+make the same decisions; the batched one makes far fewer UNet calls, at the cost of scoring sets
+off the path taken (free on a GPU with room in the batch, not on a CPU).
 """
 
 from __future__ import annotations
@@ -520,6 +528,13 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def read_localized(path: str, mode: str) -> list[dict]:
+    """The search's rows of a neurons table: `compare_modes` adds the other mode's for some prompts."""
+    import pyarrow.parquet as pq
+
+    return [row for row in pq.read_table(path).to_pylist() if row["mode"] == mode]
+
+
 def search_threshold(model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
                      config: LocalizeConfig, reference: Sequence[dict]) -> float | None:
     """The MS-SSIM tau a blocked set must reach: detection's for the paper's signal, else the
@@ -563,8 +578,8 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
                                   score_tau, [r["prompt"] for r in reference])
             result = localizer.localize(prompt_id, texts[prompt_id])
             log(f"{prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
-                f"(initial {len(result.initial_neurons)}), score {result.unblocked_score:.3f} -> "
-                f"{result.refined_score:.3f} (tau {result.score_tau:.3f}), {result.unet_calls} UNet calls, "
-                f"{result.seconds:.1f} s")
+                f"(initial {len(result.initial_neurons)}), memorization {result.unblocked_score:.3f} "
+                f"(tau {tau:.3f}), blocked {config.score} {result.refined_score:.3f} (tau {result.score_tau:.3f}), "
+                f"{result.unet_calls} UNet calls, {result.seconds:.1f} s")
             results.append(result)
     return layers, stats, results
