@@ -107,7 +107,7 @@ def all_targets():
     return [f"{R}/tables/summary.md", *losses, *histograms]
 
 
-NEURON_KINDS = ("nemo", "nemo_global", "random")
+NEURON_MITIGATIONS = ("nemo", "nemo_global", "random")
 
 
 def localized_variants():
@@ -115,7 +115,7 @@ def localized_variants():
     return [
         v
         for v in variants()
-        if any(config["mitigations"][m]["kind"] in NEURON_KINDS for m in mitigations_of(v))
+        if any(config["mitigations"][m]["kind"] in NEURON_MITIGATIONS for m in mitigations_of(v))
     ]
 
 
@@ -166,9 +166,6 @@ def frechet_features():
     """The copydetect descriptor whose trunk is the Fréchet feature space (first one configured)."""
     names = [d for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"]
     return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
-
-
-NEURON_MITIGATIONS = ("nemo", "nemo_global", "random")
 
 
 def localize_setting(key):

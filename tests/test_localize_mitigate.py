@@ -396,11 +396,15 @@ def test_neuron_mitigations_block_found_neurons_and_global_takes_only_successful
     ]
     ids = ["a", "b", "c"]
 
-    def blocked(kind):
-        mitigation, _ = build_mitigation(kind, {"kind": kind}, tiny_model, localized=localized, prompt_ids=ids)
+    def blocked(kind, **settings):
+        mitigation, _ = build_mitigation(kind, {"kind": kind, **settings}, tiny_model, localized=localized,
+                                         prompt_ids=ids)
         return {pid: torch.nonzero(mask).flatten().tolist() for pid, mask in mitigation.masks.items()}
 
     # per prompt: the refined set, or the widest selection where the search did not succeed
     assert blocked("nemo") == {"a": [1, 4], "b": [7, 8, 9]}
     # global: the union of what the search found, for every prompt
     assert blocked("nemo_global") == {"a": [1, 4], "b": [1, 4], "c": [1, 4]}
+    # the initial selections instead: what refinement pruned from
+    assert blocked("nemo", neurons="initial") == {"a": [1, 2, 4], "b": [7, 8, 9]}
+    assert blocked("nemo_global", neurons="initial") == {"a": [1, 2, 4], "b": [1, 2, 4], "c": [1, 2, 4]}

@@ -272,9 +272,12 @@ def random_like(layers: Sequence[ValueLayer], neurons: Sequence[int], seed: str)
     return sorted(out)
 
 
-def neurons_to_block(localized: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
-    """Per prompt, the refined neurons, or the initial selection where refinement did not succeed."""
-    return {r["prompt_id"]: list(r["refined_neurons"] if r["success"] else r["initial_neurons"])
+def neurons_to_block(localized: Sequence[dict[str, Any]], which: str = "refined") -> dict[str, list[int]]:
+    """Per prompt, the refined neurons (or the initial selection where refinement did not
+    succeed), or with which="initial" the initial selection: what refinement pruned from."""
+    if which not in ("refined", "initial"):
+        raise ValueError(f"neurons: {which!r} is not 'refined' or 'initial'")
+    return {r["prompt_id"]: list(r["refined_neurons"] if r["success"] and which == "refined" else r["initial_neurons"])
             for r in localized if r["memorized"]}
 
 
@@ -291,12 +294,13 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
         if localized is None:
             raise ValueError(f"mitigation {name!r} needs the localize stage's neurons")
         layers = value_layers(model.unet, blocks)
-        own = neurons_to_block(localized)
+        which = settings.get("neurons", "refined")
+        own = neurons_to_block(localized, which)
         if kind == "nemo":
             chosen = own
         elif kind == "nemo_global":
             # the neurons NeMo *found*: a failed search's widest selection is no finding
-            found = neurons_to_block([r for r in localized if r["success"]])
+            found = neurons_to_block([r for r in localized if r["success"]], which)
             union = sorted({n for neurons in found.values() for n in neurons})
             chosen = {pid: union for pid in prompt_ids}
         else:
