@@ -346,14 +346,12 @@ class Localizer:
         while position < len(groups):
             keep_rate = (kept + 1) / (position + 2)   # Laplace estimate from this pass's decisions
             tree = speculation_tree(current, groups[position:], keep_rate, per_call)
-            scores = self.scores(state, [node.tested for node in tree.values()]).tolist()
-            outcome = dict(zip(tree, scores, strict=True))
+            outcome = dict(zip(tree, self.scores(state, list(tree.values())).tolist(), strict=True))
             decisions: tuple[bool, ...] = ()
             while decisions in tree:
-                node, node_score = tree[decisions], outcome[decisions]
-                dropped = node_score <= state.tau
+                dropped = outcome[decisions] <= state.tau
                 if dropped:
-                    current, score = node.tested, node_score
+                    current, score = tree[decisions], outcome[decisions]
                 else:
                     kept += 1
                 position += 1
@@ -446,32 +444,26 @@ class _PromptState:
     tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
 
 
-@dataclass
-class SpeculativeTest:
-    tested: torch.Tensor      # the neuron set scored: the pruning's set on this branch without the next group
-    probability: float        # chance that the real decisions reach this test
-
-
 def speculation_tree(current: torch.Tensor, groups: Sequence[torch.Tensor], keep_rate: float,
-                     size: int) -> dict[tuple[bool, ...], SpeculativeTest]:
-    """The `size` most likely next tests of greedy pruning, keyed by the decisions before them.
+                     size: int) -> dict[tuple[bool, ...], torch.Tensor]:
+    """The `size` most likely next tests of greedy pruning: the neuron set each one scores, keyed
+    by the decisions before it.
 
     Decision i (True = group i dropped) changes the set every later test removes from, so the
     possible futures form a binary tree; with a group kept at rate `keep_rate` (independently),
     expanding it best-first gives the tests whose outcomes resolve the most decisions per
     call. The key () is the next real test; a key is only present with its parent.
     """
-    tree: dict[tuple[bool, ...], SpeculativeTest] = {}
-    frontier = [(-1.0, 0, (), current)]
+    tree: dict[tuple[bool, ...], torch.Tensor] = {}
+    frontier = [(-1.0, 0, (), current)]   # (-probability of reaching the test, tie-break, decisions, set held)
     pushed = 1
     while frontier and len(tree) < size:
         negative, _, decisions, base = heapq.heappop(frontier)
-        probability = -negative
         tested = base & ~groups[len(decisions)]
-        tree[decisions] = SpeculativeTest(tested, probability)
+        tree[decisions] = tested
         if len(decisions) + 1 < len(groups):
             for dropped, chance, next_base in ((True, 1 - keep_rate, tested), (False, keep_rate, base)):
-                heapq.heappush(frontier, (-probability * chance, pushed, decisions + (dropped,), next_base))
+                heapq.heappush(frontier, (negative * chance, pushed, decisions + (dropped,), next_base))
                 pushed += 1
     return tree
 
