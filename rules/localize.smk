@@ -50,7 +50,7 @@ rule plot_localization:
             labels={"variant": "{variant}", "figure": "neurons per prompt"},
         ),
     params:
-        mode=config["localize"]["mode"],
+        search_mode=config["localize"]["mode"],
     conda:
         "../envs/mnemo.yaml"
     log:
