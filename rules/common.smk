@@ -168,6 +168,23 @@ def frechet_features():
     return {"features": f"{R}/descriptors/{names[0]}/model"} if names else {}
 
 
+def sample_check_inputs(wildcards):
+    """The copy descriptor and its threshold, for localize's sample check only when it is on."""
+    if not config["localize"]["sample_check"]["enabled"]:
+        return {}
+    return {**descriptor_model_of(primary()), "calibration": f"{R}/descriptors/{primary()}/calibration.json"}
+
+
+def sample_check_settings(wildcards):
+    """What the sample check draws with (None when it is off, so that nothing here reruns the search)."""
+    settings = config["localize"]["sample_check"]
+    if not settings["enabled"]:
+        return None
+    return {"samples": settings["samples"], "batch_size": settings["batch_size"],
+            "guidance": max(guidance_of(wildcards.variant, "nemo")), "steps": config["generate"]["steps"],
+            "descriptor": primary(), "descriptor_settings": config["descriptors"][primary()]}
+
+
 def localize_setting(key):
     """A localize setting as a generate param, for neuron mitigations only: other sample sets do not depend on it."""
 

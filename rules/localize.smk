@@ -3,7 +3,8 @@
 
 rule localize:
     input:
-        code("localize", "detect", "mitigate", "sample", "model"),
+        code("localize", "detect", "mitigate", "sample", "sample_check", "descriptors", "model"),
+        unpack(sample_check_inputs),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
         scores=f"{R}/detect/{{variant}}/scores.parquet",
@@ -15,6 +16,7 @@ rule localize:
         localize=config["localize"],
         seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],
+        sample_check=sample_check_settings,
     conda:
         "../envs/mnemo.yaml"
     log:

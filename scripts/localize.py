@@ -1,19 +1,34 @@
 import pyarrow.parquet as pq
 
+from mnemo.descriptors import build_descriptor
 from mnemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
-from mnemo.workflow import job, load_model, read_json, write_parquet
+from mnemo.mitigate import value_layers
+from mnemo.sample_check import SampleCheck, SampleCheckConfig
+from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
+    settings.pop("sample_check")
     config = LocalizeConfig(**settings, seed=snakemake.params.seed, steps=snakemake.params.steps)
     model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
     scores = pq.read_table(snakemake.input.scores, columns=["prompt_id", "nemo_flagged"]).to_pylist()
     flagged = [r["prompt_id"] for r in scores if r["nemo_flagged"]]
     tau = read_json(snakemake.input.threshold)["tau"]
+    check = None
+    if (checking := snakemake.params.sample_check) is not None:
+        descriptor = build_descriptor(checking["descriptor"], checking["descriptor_settings"],
+                                      snakemake.input.get("descriptor_model"), device_of(snakemake))
+        threshold = read_json(snakemake.input.calibration)["threshold"]
+        check = SampleCheck(model, value_layers(model.unet, config.blocks), descriptor, threshold,
+                            SampleCheckConfig(checking["samples"], checking["guidance"], checking["steps"],
+                                              checking["batch_size"]), config.factor)
+        log.info("sample check: %d samples at guidance %g, copy threshold %.3f (%s)", checking["samples"],
+                 checking["guidance"], threshold, checking["descriptor"])
     log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)
-    layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info)
+    layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info,
+                                              sample_check=check)
     table = results_table(results, layers, tau, config)
     write_parquet(table, snakemake.output.neurons)
     write_parquet(reference_table(layers, stats), snakemake.output.reference)

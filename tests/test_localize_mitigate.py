@@ -23,6 +23,7 @@ from mnemo.mitigate import (
     value_layers,
 )
 from mnemo.sample import initial_noise
+from mnemo.sample_check import SampleCheckConfig
 from tests.conftest import TINY_PROMPTS
 
 
@@ -125,7 +126,7 @@ class _Oracle:
     """Memorization stays (score 1) while any essential neuron is active; counts score calls."""
 
     def __init__(self, essential):
-        self.essential = torch.tensor(essential)
+        self.essential = torch.tensor(essential, dtype=torch.long)
         self.sets_scored = 0
 
     def __call__(self, state, sets):
@@ -133,12 +134,13 @@ class _Oracle:
         return torch.tensor([0.0 if bool(s[self.essential].all()) else 1.0 for s in sets])
 
 
-def _search(tiny_model, mode, essential, monkeypatch):
+def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0.0):
     layers = value_layers(tiny_model.unet)
     total = neuron_count(layers)
     stats = ReferenceStats(torch.zeros(total, dtype=torch.float64), torch.ones(total, dtype=torch.float64), 1)
     localizer = Localizer(tiny_model, layers, stats, tau=0.5,
-                          config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=0.0))
+                          config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=theta),
+                          sample_check=sample_check)
     oracle = _Oracle(essential)
     calls = []
 
@@ -163,6 +165,59 @@ def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, mo
     assert sequential.success and batched.success
     assert all(n == 1 for n in seq_calls)           # one candidate set per call
     assert len(bat_calls) * 4 <= len(seq_calls)     # the batched search needs far fewer calls
+
+
+class _SampleCheckStub:
+    """Samples keep copying while fewer than `needed` neurons are blocked; records the sets drawn."""
+
+    threshold = 0.5
+
+    def __init__(self, needed, agreement=1.0):
+        self.config = SampleCheckConfig(samples=2)
+        self.needed, self.agree, self.drawn = needed, agreement, []
+
+    def embed(self, latents, cond):
+        return torch.zeros(len(latents), 4)
+
+    def agreement(self, unblocked):
+        return self.agree
+
+    def replica_similarity(self, latents, cond, unblocked, sets):
+        self.drawn.append([int(s.sum()) for s in sets])
+        return [1.0 if int(s.sum()) < self.needed else 0.0 for s in sets]
+
+    def sets_per_call(self, sequential):
+        return 1 if sequential else 8
+
+
+@pytest.mark.parametrize("mode", ["sequential", "batched"])
+def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_model, monkeypatch, mode):
+    essential = [2, 17, 35]
+    check = _SampleCheckStub(needed=10)
+    result, _ = _search(tiny_model, mode, essential, monkeypatch, check)
+    initial = set(result.initial_neurons)
+    assert result.pruned_count == 3                           # NeMo's refinement alone
+    assert len(result.refined_neurons) == 10                  # the neuron pass drops one at a time
+    assert set(essential) <= set(result.refined_neurons) <= initial
+    assert result.success and result.sample_similarity == 0.0
+    assert check.drawn[0][0] == 3                             # the refined set is drawn first
+    assert len(check.drawn) <= 1 + 2 + math.ceil(math.log2(len(initial)))
+    assert result.unet_calls > 0 and result.sample_checks == len(check.drawn) + 1
+
+    # samples that do not show one image: nothing to check, NeMo's set stands
+    result, _ = _search(tiny_model, mode, essential, monkeypatch, _SampleCheckStub(needed=10, agreement=0.2))
+    assert result.refined_neurons == essential and result.sample_checks == 1
+
+    # the initial selection leaves the samples copying: wider selections of the schedule come next
+    loose = dict(essential=[], theta=1.5)    # every set removes the signal; the schedule has two wider ones
+    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
+                        sample_check=_SampleCheckStub(needed=0))
+    initial = set(result.initial_neurons)
+    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
+                        sample_check=_SampleCheckStub(needed=len(initial) + 1))
+    assert set(result.refined_neurons) > initial and result.success and result.refined_score == 0.0
+    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose, sample_check=_SampleCheckStub(needed=10_000))
+    assert set(result.refined_neurons) > initial and not result.success   # none passes: the widest, failed
 
 
 def _groups(n, total=8):

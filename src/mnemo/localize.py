@@ -30,6 +30,10 @@ neuron mask. Greedy pruning's decisions depend on each other, so it scores a spe
 the likeliest next decisions (`speculation_tree`) and follows the branch the scores take. Both
 make the same decisions; the batched one makes far fewer UNet calls, at the cost of scoring sets
 off the path taken (free on a GPU with room in the batch, not on a CPU).
+
+An optional `SampleCheck` (`mnemo.sample_check`) judges the refined set by the samples instead
+of the signal: where the pruned set still lets them copy, it widens the set back along the chain
+the pruning took. Its UNet calls and seconds are counted apart from the search's.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from mnemo.detect import (
 from mnemo.mitigate import NeuronBlocker, ValueLayer, locate, neuron_count, value_activations
 from mnemo.model import DiffusionModel
 from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
+from mnemo.sample_check import SampleCheck, smallest_passing
 
 MODES = ("batched", "sequential")
 SIGNALS = ("noise_difference", "guidance_direction")
@@ -136,6 +141,11 @@ class LocalizationResult:
     top_k: int = 0
     success: bool = False
     score_tau: float = float("nan")  # the threshold the blocked score had to reach
+    pruned_count: int = 0           # neurons NeMo's refinement kept, before the sample check widened them
+    sample_agreement: float = float("nan")   # unblocked samples' median best match among themselves
+    sample_similarity: float = float("nan")  # blocked samples' median best similarity to an unblocked one
+    sample_checks: int = 0          # denoising batches the sample check drew
+    sample_seconds: float = 0.0
     unet_calls: int = 0
     seconds: float = 0.0
     mode: str = "batched"
@@ -165,8 +175,10 @@ class Localizer:
     """
 
     def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
-                 config: LocalizeConfig, score_tau: float | None = None, reference_prompts: Sequence[str] = ()):
+                 config: LocalizeConfig, score_tau: float | None = None, reference_prompts: Sequence[str] = (),
+                 sample_check: SampleCheck | None = None):
         self.model = model
+        self.sample_check = sample_check
         self.layers = list(layers)
         self.stats = stats
         self.tau = float(tau)
@@ -333,13 +345,13 @@ class Localizer:
             theta, k = max(theta - c.theta_step, c.theta_min), k + 1
 
     def _prune(self, state: _PromptState, current: torch.Tensor, score: float,
-               groups: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+               groups: list[torch.Tensor], chain: list[tuple[torch.Tensor, float | None]]) -> tuple[torch.Tensor, float]:
         """Greedy pruning: drop each group (in order) if the set without it stays <= tau.
 
         Each decision depends on the ones before it, so batched mode scores a speculative tree
         of the next decisions in one call and follows the branch the scores take (see
         `speculation_tree`). Returns the pruned set and its score (every set it returns has
-        been scored).
+        been scored); appends every set it accepts, with its score, to `chain`.
         """
         position, kept = 0, 0
         per_call = self._sets_per_call(state)
@@ -352,6 +364,7 @@ class Localizer:
                 dropped = outcome[decisions] <= state.tau
                 if dropped:
                     current, score = tree[decisions], outcome[decisions]
+                    chain.append((current, score))
                 else:
                     kept += 1
                 position += 1
@@ -362,15 +375,20 @@ class Localizer:
         counter = UNetCallCounter(self.model.unet)
         began = time.perf_counter()
         try:
-            result = self._localize(prompt_id, prompt)
+            result, state, chain = self._localize(prompt_id, prompt)
         finally:
             counter.close()
         result.unet_calls = counter.calls
         result.seconds = time.perf_counter() - began
         result.mode = self.config.mode
+        if self.sample_check is not None and chain:
+            began = time.perf_counter()
+            self._check_samples(state, chain, result)
+            result.sample_seconds = time.perf_counter() - began
         return result
 
-    def _localize(self, prompt_id: str, prompt: str) -> LocalizationResult:
+    def _localize(self, prompt_id: str, prompt: str) -> tuple[LocalizationResult, _PromptState | None, list]:
+        """NeMo's search; also returns the prompt's state and the chain of sets the pruning accepted."""
         c = self.config
         model = self.model
         latents = self._latents(prompt_id)
@@ -385,7 +403,7 @@ class Localizer:
         result = LocalizationResult(prompt_id, bool(kept.any()), int(kept.sum()),
                                     unblocked_score=float(sample_max.max()))
         if not kept.any():
-            return result
+            return result, None, []
         kept_latents = latents[kept.to(latents.device)]
         if c.paper_signal:
             state = _PromptState(kept_latents, cond, unblocked[kept.to(unblocked.device)], self.score_tau)
@@ -405,7 +423,7 @@ class Localizer:
         result.initial_neurons = torch.nonzero(initial).flatten().tolist()
         result.initial_score = scores[chosen] if chosen < len(scores) else float(self.scores(state, [initial])[0])
         if found == len(sets):
-            return result  # even the widest selection leaves the memorization signal: report, don't prune
+            return result, state, []  # even the widest selection leaves the signal: report, don't prune
 
         # Step B: refinement, layers last-to-first, then single neurons
         layer_groups = []
@@ -415,17 +433,57 @@ class Localizer:
             group &= initial
             if group.any():
                 layer_groups.append(group)
-        current, score = self._prune(state, initial, result.initial_score, layer_groups)
+        # wider selections first (the sample check may need them; their signal score is not drawn yet)
+        chain: list[tuple[torch.Tensor, float | None]] = [(wider, None) for wider in reversed(sets[chosen + 1:])]
+        chain.append((initial, result.initial_score))
+        current, score = self._prune(state, initial, result.initial_score, layer_groups, chain)
         neuron_groups = []
         for index in torch.nonzero(current).flatten().tolist():
             group = torch.zeros(self.total, dtype=torch.bool)
             group[index] = True
             neuron_groups.append(group)
-        current, score = self._prune(state, current, score, neuron_groups)
+        current, score = self._prune(state, current, score, neuron_groups, chain)
+        result.pruned_count = int(current.sum())
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
         result.success = result.refined_score <= state.tau
-        return result
+        return result, state, chain
+
+    def _check_samples(self, state: _PromptState, chain: list[tuple[torch.Tensor, float | None]],
+                       result: LocalizationResult) -> None:
+        """Widen the refined set back along the pruning chain until the samples stop copying.
+
+        Only where the unblocked samples reproduce one image (see `mnemo.sample_check`). The
+        chain runs from the widest selection of the schedule through the initial one to the
+        refined set; the result is its smallest set that passes, or a failed search (the widest
+        set) when none does.
+        """
+        check = self.sample_check
+        first = check.config.first_index
+        seeds = [sample_seed(result.prompt_id, first + i, self.config.seed) for i in range(check.config.samples)]
+        latents = initial_noise(seeds, self.model.sample_shape, self.model.device, self.model.dtype)
+        unblocked = check.embed(latents, state.cond)
+        result.sample_agreement = check.agreement(unblocked)
+        result.sample_checks = 1
+        if result.sample_agreement < check.threshold:
+            return
+        similarity: dict[int, float] = {}
+
+        def passes(indices: list[int]) -> list[bool]:
+            result.sample_checks += 1
+            found = check.replica_similarity(latents, state.cond, unblocked, [chain[i][0] for i in indices])
+            similarity.update(zip(indices, found, strict=True))
+            return [s < check.threshold for s in found]
+
+        chosen = smallest_passing(len(chain), passes, check.sets_per_call(self.config.mode == "sequential"))
+        index = 0 if chosen is None else chosen
+        neurons, score = chain[index]
+        if score is None:
+            score = float(self.scores(state, [neurons])[0])
+        result.refined_neurons = torch.nonzero(neurons).flatten().tolist()
+        result.refined_score = float(score)
+        result.sample_similarity = similarity[index]
+        result.success = chosen is not None and result.refined_score <= state.tau
 
     def describe(self, neurons: Sequence[int]) -> list[tuple[str, int]]:
         """Global indices -> (layer name, channel)."""
@@ -505,6 +563,9 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
             "refined_neurons": r.refined_neurons, "refined_layers": layer_names(r.refined_neurons),
             "refined_channels": [locate(layers, n)[1] for n in r.refined_neurons],
             "refined_count": len(r.refined_neurons), "refined_score": r.refined_score,
+            "pruned_count": r.pruned_count, "sample_agreement": r.sample_agreement,
+            "sample_similarity": r.sample_similarity, "sample_checks": r.sample_checks,
+            "sample_seconds": r.sample_seconds,
             "success": r.success, "unet_calls": r.unet_calls, "seconds": r.seconds,
         })
     schema = pa.schema([
@@ -515,6 +576,8 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
         ("initial_count", pa.int32()), ("initial_score", pa.float64()),
         ("refined_neurons", pa.list_(pa.int32())), ("refined_layers", pa.list_(pa.string())),
         ("refined_channels", pa.list_(pa.int32())), ("refined_count", pa.int32()), ("refined_score", pa.float64()),
+        ("pruned_count", pa.int32()), ("sample_agreement", pa.float64()), ("sample_similarity", pa.float64()),
+        ("sample_checks", pa.int32()), ("sample_seconds", pa.float64()),
         ("success", pa.bool_()), ("unet_calls", pa.int32()), ("seconds", pa.float64()),
     ])
     return pa.Table.from_pylist(rows, schema=schema)
@@ -541,7 +604,7 @@ def search_threshold(model: DiffusionModel, layers: Sequence[ValueLayer], stats:
 
 
 def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau: float, config: LocalizeConfig,
-                     compare_modes: bool | int = False, log=print):
+                     compare_modes: bool | int = False, log=print, sample_check: SampleCheck | None = None):
     """Reference statistics over the reference prompts, then NeMo on every flagged prompt.
 
     With `compare_modes` prompts are also searched in the other mode (batched vs one candidate
@@ -567,11 +630,14 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
     for position, prompt_id in enumerate(flagged):
         for mode in [config.mode, other_mode] if position < compared else [config.mode]:
             localizer = Localizer(model, layers, stats, tau, LocalizeConfig(**{**config.__dict__, "mode": mode}),
-                                  score_tau, [r["prompt"] for r in reference])
+                                  score_tau, [r["prompt"] for r in reference], sample_check)
             result = localizer.localize(prompt_id, texts[prompt_id])
             log(f"{prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
                 f"(initial {len(result.initial_neurons)}), memorization {result.unblocked_score:.3f} "
                 f"(tau {tau:.3f}), blocked {config.score} {result.refined_score:.3f} (tau {result.score_tau:.3f}), "
-                f"{result.unet_calls} UNet calls, {result.seconds:.1f} s")
+                f"{result.unet_calls} UNet calls, {result.seconds:.1f} s"
+                + ("" if sample_check is None else
+                   f"; samples agree {result.sample_agreement:.2f}, pruned {result.pruned_count}, "
+                   f"blocked {result.sample_similarity:.2f} after {result.sample_checks} sample batches"))
             results.append(result)
     return layers, stats, results

@@ -1,0 +1,130 @@
+"""Checking a neuron set against what it has to change: the samples.
+
+NeMo's refinement prunes a neuron set until the search signal, read at one step, reaches its
+threshold. Where memorization is spread over many neurons (the demo model), the pruned set can
+satisfy the signal and still reproduce the image at sampling time: measured on the demo, the
+refined sets leave the median planted sample above the copy threshold for 6 of 8 prompts while
+the wider sets the pruning started from do not.
+
+The check draws a few samples with the set blocked, at the guidance scale the mitigated samples
+are drawn at, from the same x_T as unblocked ones, and compares them with the copy-detection
+descriptor. It only applies when the unblocked samples reproduce one image (the median of each
+sample's best match among the others is at or above the copy threshold): otherwise there is no
+replica to remove, and the check would only measure how little a small set changes an ordinary
+sample. That image is the unblocked samples' consensus, their normalised mean descriptor (for a
+memorized prompt, the training image's). A set passes when its blocked samples no longer show it:
+their median similarity to the consensus is below the threshold. (The consensus rather than each
+sample's own twin: a blocked sample that drifts from its twin towards another copy of the same
+image still copies it; rather than the best of the unblocked samples: a maximum over noisy
+matches is biased up.)
+
+The pruning visits a chain of ever smaller sets that all pass the signal; `smallest_passing`
+finds the smallest one the samples accept with a k-ary search (binary in sequential mode), each
+round drawing all its candidate sets in one batch with per-sample masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from mnemo.descriptors import Descriptor
+from mnemo.mitigate import NeuronBlocker, ValueLayer
+from mnemo.model import DiffusionModel
+from mnemo.sample import denoise
+
+
+@dataclass
+class SampleCheckConfig:
+    samples: int = 4          # memorized samples drawn per candidate set
+    guidance: float = 3.0     # the scale mitigated samples are drawn at
+    steps: int = 25           # DDIM steps, as generation
+    batch_size: int = 64      # samples per denoising batch (each runs both CFG halves)
+    first_index: int = 1000   # sample indices it draws from: past generation's, so the samples a
+                              # mitigation is judged on are not the ones its set was chosen with
+
+
+class SampleCheck:
+    """Blocked samples vs unblocked ones from the same latents, for one prompt."""
+
+    def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], descriptor: Descriptor,
+                 threshold: float, config: SampleCheckConfig, factor: float = 0.0):
+        self.model = model
+        self.layers = list(layers)
+        self.descriptor = descriptor
+        self.threshold = float(threshold)
+        self.config = config
+        self.factor = factor
+        with torch.no_grad():
+            self._empty = model.encode_prompts([""])
+
+    def embed(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Descriptors of the samples drawn from `latents` (one prompt), optional per-sample masks."""
+        out = []
+        size = self.config.batch_size
+        for begin in range(0, len(latents), size):
+            x = latents[begin:begin + size]
+            n = len(x)
+            blocker = nullcontext() if masks is None else NeuronBlocker(self.layers, masks[begin:begin + size], self.factor)
+            with torch.no_grad(), blocker:
+                final = denoise(self.model, x, cond.expand(n, -1, -1), self.config.guidance, self.config.steps,
+                                self._empty.expand(n, -1, -1))
+            out.append(self.descriptor.embed(self.model.decode(final)).float())
+        return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+    def agreement(self, unblocked: torch.Tensor) -> float:
+        """Median over samples of the best similarity to another sample: do they show one image?"""
+        similarity = unblocked @ unblocked.T
+        similarity.fill_diagonal_(-1.0)
+        return float(similarity.max(dim=1).values.median())
+
+    def replica_similarity(self, latents: torch.Tensor, cond: torch.Tensor, unblocked: torch.Tensor,
+                           sets: Sequence[torch.Tensor]) -> list[float]:
+        """Per neuron set, the median similarity of its blocked samples to the unblocked samples' consensus."""
+        k = len(latents)
+        masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
+        blocked = self.embed(latents.repeat(len(sets), *([1] * (latents.ndim - 1))), cond, masks)
+        consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
+        return (blocked @ consensus).view(len(sets), k).median(dim=1).values.tolist()
+
+    def sets_per_call(self, sequential: bool) -> int:
+        return 1 if sequential else max(1, self.config.batch_size // self.config.samples)
+
+
+def _spread(first: int, last: int, count: int) -> list[int]:
+    """Up to `count` distinct indices spread evenly over [first, last]."""
+    if count <= 0 or first > last:
+        return []
+    return sorted({round(first + (last - first) * (j + 1) / (count + 1)) for j in range(count)})
+
+
+def smallest_passing(chain_length: int, passes: Callable[[list[int]], list[bool]], per_call: int) -> int | None:
+    """Index of a set in a chain (widest first) that passes while the next smaller one does not.
+
+    The last set is tried first, then the first; then the search narrows the gap between the
+    smallest passing and the widest failing set with `per_call` evenly spaced tests per round.
+    Every index it returns has passed; None when even the first (widest) set fails.
+    """
+    verdicts: dict[int, bool] = {}
+
+    def run(indices: list[int]) -> None:
+        indices = [i for i in dict.fromkeys(indices) if i not in verdicts]
+        if indices:
+            verdicts.update(zip(indices, passes(indices), strict=True))
+
+    last = chain_length - 1
+    run([last] if per_call == 1 else [last, 0, *_spread(1, last - 1, per_call - 2)])
+    if verdicts[last]:
+        return last
+    run([0])
+    if not verdicts[0]:
+        return None
+    while True:
+        passed = max(i for i, ok in verdicts.items() if ok)
+        failed = min(i for i, ok in verdicts.items() if not ok and i > passed)
+        if failed - passed <= 1:
+            return passed
+        run(_spread(passed + 1, failed - 1, per_call))

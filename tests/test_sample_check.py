@@ -1,0 +1,71 @@
+"""The sample check: blocked samples against unblocked ones, and the search along the pruning chain."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mnemo.descriptors import PixelDescriptor
+from mnemo.mitigate import neuron_count, value_layers
+from mnemo.sample import initial_noise
+from mnemo.sample_check import SampleCheck, SampleCheckConfig, smallest_passing
+from tests.conftest import TINY_PROMPTS
+
+
+@pytest.mark.parametrize("per_call", [1, 3, 16])
+def test_smallest_passing_finds_the_boundary_in_few_rounds(per_call):
+    for length in (1, 2, 5, 40, 153):
+        for boundary in range(-1, length):          # sets 0..boundary pass; -1: none does
+            rounds = []
+
+            def passes(indices, boundary=boundary, rounds=rounds):
+                assert len(indices) <= max(per_call, 1)
+                rounds.append(indices)
+                return [i <= boundary for i in indices]
+
+            found = smallest_passing(length, passes, per_call)
+            assert found == (None if boundary < 0 else boundary)
+            tested = [i for r in rounds for i in r]
+            assert len(tested) == len(set(tested))   # no set is drawn twice
+            if boundary == length - 1:
+                assert len(rounds) == 1              # the refined set passes: one round
+            if per_call == 1:
+                assert len(rounds) <= 2 + math.ceil(math.log2(max(length, 2)))
+            if per_call == 16:
+                assert len(rounds) <= 3
+
+
+def test_smallest_passing_returns_a_passing_set_next_to_a_failing_one_without_monotony():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        verdict = (torch.rand(30, generator=generator) < 0.5).tolist()
+        verdict[0] = True
+        found = smallest_passing(30, lambda indices, v=verdict: [v[i] for i in indices], 4)
+        assert verdict[found] and (found == 29 or not verdict[found + 1])
+
+
+@pytest.fixture
+def check(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    return SampleCheck(tiny_model, layers, PixelDescriptor(size=8), threshold=0.9,
+                       config=SampleCheckConfig(samples=3, guidance=3.0, steps=3, batch_size=4))
+
+
+def test_replica_similarity_unblocked_is_the_samples_own_and_drops_when_neurons_are_blocked(tiny_model, check):
+    total = neuron_count(check.layers)
+    latents = initial_noise([1, 2, 3], tiny_model.sample_shape)
+    cond = tiny_model.encode_prompts([TINY_PROMPTS[0]])
+    unblocked = check.embed(latents, cond)
+    nothing, everything, half = (torch.zeros(total, dtype=torch.bool), torch.ones(total, dtype=torch.bool),
+                                 torch.arange(total) % 2 == 0)
+    together = check.replica_similarity(latents, cond, unblocked, [nothing, everything, half])
+    consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
+    assert together[0] == pytest.approx(float((unblocked @ consensus).median()), abs=1e-5)  # unblocked = themselves
+    assert together[1] < together[0] - 0.01
+    # several sets in one batch (split over batches of 4 samples) give what each gives alone
+    alone = [check.replica_similarity(latents, cond, unblocked, [s])[0] for s in (nothing, everything, half)]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert check.agreement(torch.nn.functional.normalize(torch.ones(3, 4), dim=1)) == pytest.approx(1.0)
+    assert check.sets_per_call(sequential=True) == 1 and check.sets_per_call(sequential=False) == 1
