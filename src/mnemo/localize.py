@@ -475,7 +475,7 @@ class Localizer:
             similarity.update(zip(indices, found, strict=True))
             return [s < check.threshold for s in found]
 
-        chosen = smallest_passing(len(chain), passes, check.sets_per_call(self.config.mode == "sequential"))
+        chosen = smallest_passing(len(chain), passes, check.sets_per_call())
         index = 0 if chosen is None else chosen
         neurons, score = chain[index]
         if score is None:

@@ -19,8 +19,8 @@ image still copies it; rather than the best of the unblocked samples: a maximum 
 matches is biased up.)
 
 The pruning visits a chain of ever smaller sets that all pass the signal; `smallest_passing`
-finds the smallest one the samples accept with a k-ary search (binary in sequential mode), each
-round drawing all its candidate sets in one batch with per-sample masks.
+finds the smallest one the samples accept with a k-ary search, each round drawing all its
+candidate sets in one batch with per-sample masks.
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ class SampleCheck:
         consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
         return (blocked @ consensus).view(len(sets), k).median(dim=1).values.tolist()
 
-    def sets_per_call(self, sequential: bool) -> int:
-        return 1 if sequential else max(1, self.config.batch_size // self.config.samples)
+    def sets_per_call(self) -> int:
+        """Candidate sets drawn per round: as many as fill a batch, whatever the search's mode, so
+        that both modes end on the same set even where verdicts along the chain are not monotone."""
+        return max(1, self.config.batch_size // self.config.samples)
 
 
 def _spread(first: int, last: int, count: int) -> list[int]:
