@@ -172,6 +172,10 @@ class _SampleCheckStub:
 
     threshold = 0.5
 
+    def __init__(self, needed, agreement=1.0, per_call=1):
+        self.config = SampleCheckConfig(samples=2)
+        self.needed, self.agree, self.drawn, self.per_call = needed, agreement, [], per_call
+
     def embed(self, latents, cond):
         return torch.zeros(len(latents), 4)
 
@@ -182,18 +186,14 @@ class _SampleCheckStub:
         self.drawn.append([int(s.sum()) for s in sets])
         return [1.0 if int(s.sum()) < self.needed else 0.0 for s in sets]
 
-    def __init__(self, needed, agreement=1.0, per_call=1):
-        self.config = SampleCheckConfig(samples=2)
-        self.needed, self.agree, self.drawn, self.per_call = needed, agreement, [], per_call
-
     def sets_per_call(self):
         return self.per_call
 
 
-@pytest.mark.parametrize("mode", ["sequential", "batched"])
-def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_model, monkeypatch, mode):
+@pytest.mark.parametrize(("mode", "per_call"), [("sequential", 1), ("batched", 8)])
+def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_model, monkeypatch, mode, per_call):
     essential = [2, 17, 35]
-    check = _SampleCheckStub(needed=10, per_call=1 if mode == "sequential" else 8)
+    check = _SampleCheckStub(needed=10, per_call=per_call)
     result, _ = _search(tiny_model, mode, essential, monkeypatch, check)
     initial = set(result.initial_neurons)
     assert result.pruned_count == 3                           # NeMo's refinement alone
