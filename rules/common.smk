@@ -180,7 +180,7 @@ def sample_check_settings(wildcards):
     settings = config["localize"]["sample_check"]
     if not settings["enabled"]:
         return None
-    return {"samples": settings["samples"], "batch_size": settings["batch_size"],
+    return {"samples": settings["samples"], "batch_size": settings["batch_size"], "quantile": settings["quantile"],
             "guidance": max(guidance_of(wildcards.variant, "nemo")), "steps": config["generate"]["steps"],
             "descriptor": primary(), "descriptor_settings": config["descriptors"][primary()]}
 

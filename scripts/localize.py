@@ -23,7 +23,7 @@ with job(snakemake) as log:
         threshold = read_json(snakemake.input.calibration)["threshold"]
         check = SampleCheck(model, value_layers(model.unet, config.blocks), descriptor, threshold,
                             SampleCheckConfig(checking["samples"], checking["guidance"], checking["steps"],
-                                              checking["batch_size"]), config.factor)
+                                              checking["batch_size"], checking["quantile"]), config.factor)
         log.info("sample check: %d samples at guidance %g, copy threshold %.3f (%s)", checking["samples"],
                  checking["guidance"], threshold, checking["descriptor"])
     log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)

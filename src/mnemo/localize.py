@@ -143,7 +143,7 @@ class LocalizationResult:
     score_tau: float = float("nan")  # the threshold the blocked score had to reach
     pruned_count: int = 0           # neurons NeMo's refinement kept, before the sample check widened them
     sample_agreement: float = float("nan")   # unblocked samples' median best match among themselves
-    sample_similarity: float = float("nan")  # blocked samples' median best similarity to an unblocked one
+    sample_similarity: float = float("nan")  # blocked samples' similarity to the unblocked consensus (check's quantile)
     sample_checks: int = 0          # denoising batches the sample check drew
     sample_seconds: float = 0.0
     unet_calls: int = 0

@@ -13,7 +13,9 @@ sample's best match among the others is at or above the copy threshold): otherwi
 replica to remove, and the check would only measure how little a small set changes an ordinary
 sample. That image is the unblocked samples' consensus, their normalised mean descriptor (for a
 memorized prompt, the training image's). A set passes when its blocked samples no longer show it:
-their median similarity to the consensus is below the threshold. (The consensus rather than each
+the `quantile` of their similarities to the consensus is below the threshold (0.75: three in four
+samples below it; the median leaves sets that pass by a hair on these seeds and fail on others).
+(The consensus rather than each
 sample's own twin: a blocked sample that drifts from its twin towards another copy of the same
 image still copies it; rather than the best of the unblocked samples: a maximum over noisy
 matches is biased up.)
@@ -43,6 +45,7 @@ class SampleCheckConfig:
     guidance: float = 3.0     # the scale mitigated samples are drawn at
     steps: int = 25           # DDIM steps, as generation
     batch_size: int = 64      # samples per denoising batch (each runs both CFG halves)
+    quantile: float = 0.75    # of the blocked samples' similarities, that must be below the threshold
     first_index: int = 1000   # sample indices it draws from: past generation's, so the samples a
                               # mitigation is judged on are not the ones its set was chosen with
 
@@ -83,12 +86,13 @@ class SampleCheck:
 
     def replica_similarity(self, latents: torch.Tensor, cond: torch.Tensor, unblocked: torch.Tensor,
                            sets: Sequence[torch.Tensor]) -> list[float]:
-        """Per neuron set, the median similarity of its blocked samples to the unblocked samples' consensus."""
+        """Per neuron set, the `quantile` of its blocked samples' similarities to the unblocked samples' consensus."""
         k = len(latents)
         masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
         blocked = self.embed(latents.repeat(len(sets), *([1] * (latents.ndim - 1))), cond, masks)
         consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
-        return (blocked @ consensus).view(len(sets), k).median(dim=1).values.tolist()
+        similarity = (blocked @ consensus).view(len(sets), k)
+        return torch.quantile(similarity, self.config.quantile, dim=1, interpolation="lower").tolist()
 
     def sets_per_call(self) -> int:
         """Candidate sets drawn per round: as many as fill a batch, whatever the search's mode, so
