@@ -169,10 +169,18 @@ def frechet_features():
 
 
 def sample_check_inputs(wildcards):
-    """The copy descriptor and its threshold, for localize's sample check only when it is on."""
+    """For localize's sample check, only when it is on: the copy descriptor (its code, model and
+    threshold) and the training images' descriptors, what the samples' copies are measured against."""
     if not config["localize"]["sample_check"]["enabled"]:
         return {}
-    return {**descriptor_model_of(primary()), "calibration": f"{R}/descriptors/{primary()}/calibration.json"}
+    return {**descriptor_model_of(primary()), "descriptor_code": code("descriptors", "embeddings"),
+            "calibration": f"{R}/descriptors/{primary()}/calibration.json",
+            "training": f"{R}/embeddings/{primary()}/train.parquet"}
+
+
+def localize_settings(wildcards):
+    """localize's settings but the sample check's, which `sample_check_settings` gives only when it is on."""
+    return {k: v for k, v in config["localize"].items() if k != "sample_check"}
 
 
 def sample_check_settings(wildcards):

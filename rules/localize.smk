@@ -3,7 +3,7 @@
 
 rule localize:
     input:
-        code("localize", "detect", "mitigate", "sample", "sample_check", "descriptors", "model"),
+        code("localize", "detect", "mitigate", "sample", "sample_check", "model"),
         unpack(sample_check_inputs),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
@@ -13,7 +13,7 @@ rule localize:
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
     params:
-        localize=config["localize"],
+        localize=localize_settings,
         seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],
         sample_check=sample_check_settings,

@@ -1,6 +1,7 @@
 import pyarrow.parquet as pq
 
 from mnemo.descriptors import build_descriptor
+from mnemo.embeddings import read_embeddings
 from mnemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
 from mnemo.mitigate import value_layers
 from mnemo.sample_check import SampleCheck, SampleCheckConfig
@@ -9,7 +10,6 @@ from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
-    settings.pop("sample_check")
     config = LocalizeConfig(**settings, seed=snakemake.params.seed, steps=snakemake.params.steps)
     model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
@@ -21,11 +21,13 @@ with job(snakemake) as log:
         descriptor = build_descriptor(checking["descriptor"], checking["descriptor_settings"],
                                       snakemake.input.get("descriptor_model"), device_of(snakemake))
         threshold = read_json(snakemake.input.calibration)["threshold"]
+        training = read_embeddings(snakemake.input.training).vectors
         check = SampleCheck(model, value_layers(model.unet, config.blocks), descriptor, threshold,
                             SampleCheckConfig(checking["samples"], checking["guidance"], checking["steps"],
-                                              checking["batch_size"], checking["quantile"]), config.factor)
-        log.info("sample check: %d samples at guidance %g, copy threshold %.3f (%s)", checking["samples"],
-                 checking["guidance"], threshold, checking["descriptor"])
+                                              checking["batch_size"], checking["quantile"]), config.factor,
+                            training)
+        log.info("sample check: %d samples at guidance %g, copy threshold %.3f (%s, %d training images)",
+                 checking["samples"], checking["guidance"], threshold, checking["descriptor"], len(training))
     log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)
     layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info,
                                               sample_check=check)

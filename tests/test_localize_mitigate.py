@@ -182,7 +182,10 @@ class _SampleCheckStub:
     def agreement(self, unblocked):
         return self.agree
 
-    def replica_similarity(self, latents, cond, unblocked, sets):
+    def replicas(self, unblocked):
+        return unblocked[:1]
+
+    def replica_similarity(self, latents, cond, replicas, sets):
         self.drawn.append([int(s.sum()) for s in sets])
         return [1.0 if int(s.sum()) < self.needed else 0.0 for s in sets]
 

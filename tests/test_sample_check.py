@@ -60,13 +60,33 @@ def test_replica_similarity_unblocked_is_the_samples_own_and_drops_when_neurons_
     unblocked = check.embed(latents, cond)
     nothing, everything, half = (torch.zeros(total, dtype=torch.bool), torch.ones(total, dtype=torch.bool),
                                  torch.arange(total) % 2 == 0)
-    together = check.replica_similarity(latents, cond, unblocked, [nothing, everything, half])
+    replicas = check.replicas(unblocked)                        # no training descriptors: the consensus
     consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
+    assert replicas.shape == (1, unblocked.shape[1]) and torch.allclose(replicas[0], consensus)
+    together = check.replica_similarity(latents, cond, replicas, [nothing, everything, half])
     own = (unblocked @ consensus).sort().values                 # unblocked samples: their own similarities
     assert together[0] == pytest.approx(float(own[1]), abs=1e-5)   # 0.75 of 3 samples: the 2nd ("lower")
     assert together[1] < together[0] - 0.01
     # several sets in one batch (split over batches of 4 samples) give what each gives alone
-    alone = [check.replica_similarity(latents, cond, unblocked, [s])[0] for s in (nothing, everything, half)]
+    alone = [check.replica_similarity(latents, cond, replicas, [s])[0] for s in (nothing, everything, half)]
     assert together == pytest.approx(alone, abs=1e-4)
     assert check.agreement(torch.nn.functional.normalize(torch.ones(3, 4), dim=1)) == pytest.approx(1.0)
     assert check.sets_per_call() == 1     # batches of 4 samples, 3 per set
+
+
+def test_replicas_are_the_training_images_the_unblocked_samples_copy(tiny_model):
+    layers = value_layers(tiny_model.unet)
+    unit = torch.eye(4)
+    copied, near_copy, elsewhere = unit[0], torch.nn.functional.normalize(unit[0] + 0.2 * unit[1], dim=0), unit[2]
+    training = torch.stack([elsewhere, 3.0 * copied, unit[3], near_copy])   # rows need not be normalised
+    check = SampleCheck(tiny_model, layers, PixelDescriptor(size=8), threshold=0.9,
+                        config=SampleCheckConfig(samples=3), training=training)
+    unblocked = torch.nn.functional.normalize(torch.stack([unit[0] + 0.1 * unit[3], unit[0], unit[0] - 0.1 * unit[2]]),
+                                              dim=1)
+    replicas = check.replicas(unblocked)
+    assert torch.allclose(replicas, torch.stack([copied, near_copy]))       # every copy of the image, only those
+    # a blocked sample is scored by its best match among them: drifting to another copy still copies
+    assert float((near_copy[None] @ replicas.T).max()) == pytest.approx(1.0)
+    # samples that match no training image are compared with their consensus
+    ordinary = torch.nn.functional.normalize(torch.stack([unit[1], unit[1] + 0.1 * unit[3]]), dim=1)
+    assert torch.allclose(check.replicas(ordinary)[0], torch.nn.functional.normalize(ordinary.mean(0), dim=0))

@@ -50,7 +50,7 @@ def read_embeddings(path: str | Path) -> Embeddings:
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     dim = int(meta.get("mnemo.dim", 0))
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32).reshape(len(table), dim))
+    vectors = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(len(table), dim))   # a writable copy
     return Embeddings(table.column("id").to_pylist(), vectors, meta.get("mnemo.descriptor", ""),
                       meta.get("mnemo.recipe", ""))
 

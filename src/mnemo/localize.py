@@ -467,11 +467,12 @@ class Localizer:
         result.sample_checks = 1
         if result.sample_agreement < check.threshold:
             return
+        replicas = check.replicas(unblocked)
         similarity: dict[int, float] = {}
 
         def passes(indices: list[int]) -> list[bool]:
             result.sample_checks += 1
-            found = check.replica_similarity(latents, state.cond, unblocked, [chain[i][0] for i in indices])
+            found = check.replica_similarity(latents, state.cond, replicas, [chain[i][0] for i in indices])
             similarity.update(zip(indices, found, strict=True))
             return [s < check.threshold for s in found]
 

@@ -11,14 +11,18 @@ are drawn at, from the same x_T as unblocked ones, and compares them with the co
 descriptor. It only applies when the unblocked samples reproduce one image (the median of each
 sample's best match among the others is at or above the copy threshold): otherwise there is no
 replica to remove, and the check would only measure how little a small set changes an ordinary
-sample. That image is the unblocked samples' consensus, their normalised mean descriptor (for a
-memorized prompt, the training image's). A set passes when its blocked samples no longer show it:
-the `quantile` of their similarities to the consensus is below the threshold (0.75: three in four
-samples below it; the median leaves sets that pass by a hair on these seeds and fail on others).
-(The consensus rather than each
-sample's own twin: a blocked sample that drifts from its twin towards another copy of the same
-image still copies it; rather than the best of the unblocked samples: a maximum over noisy
-matches is biased up.)
+sample. A set passes when its blocked samples no longer show that image: the `quantile` of
+their similarities to it is below the threshold (0.8 of 16: 13 samples below it). The search
+keeps the smallest set that passes, so it ends on sets that pass by a hair; on the demo, sets
+chosen with the median, or with 0.75 of 8 or 16 samples, left half of their samples copying
+on other seeds.
+
+The image is what replication is measured against: the training images that any unblocked
+sample matches above the threshold, when the training descriptors are given (a blocked sample
+that drifts to another copy of the same image still copies it), else the unblocked samples'
+consensus, their normalised mean descriptor. The consensus alone is lenient: on the demo a set
+whose blocked samples sat at median 0.78 from the consensus sat at 0.88 from the training image
+they copy (the consensus averages the copies' distortions away from the image itself).
 
 The pruning visits a chain of ever smaller sets that all pass the signal; `smallest_passing`
 finds the smallest one the samples accept with a k-ary search, each round drawing all its
@@ -41,11 +45,11 @@ from mnemo.sample import denoise
 
 @dataclass
 class SampleCheckConfig:
-    samples: int = 4          # memorized samples drawn per candidate set
+    samples: int = 16         # memorized samples drawn per candidate set (8: a marginal set passes by luck)
     guidance: float = 3.0     # the scale mitigated samples are drawn at
     steps: int = 25           # DDIM steps, as generation
-    batch_size: int = 64      # samples per denoising batch (each runs both CFG halves)
-    quantile: float = 0.75    # of the blocked samples' similarities, that must be below the threshold
+    batch_size: int = 128     # samples per denoising batch (each runs both CFG halves)
+    quantile: float = 0.8     # of the blocked samples' similarities, that must be below the threshold
     first_index: int = 1000   # sample indices it draws from: past generation's, so the samples a
                               # mitigation is judged on are not the ones its set was chosen with
 
@@ -54,8 +58,10 @@ class SampleCheck:
     """Blocked samples vs unblocked ones from the same latents, for one prompt."""
 
     def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], descriptor: Descriptor,
-                 threshold: float, config: SampleCheckConfig, factor: float = 0.0):
+                 threshold: float, config: SampleCheckConfig, factor: float = 0.0,
+                 training: torch.Tensor | None = None):
         self.model = model
+        self.training = None if training is None else torch.nn.functional.normalize(training.float(), dim=1)
         self.layers = list(layers)
         self.descriptor = descriptor
         self.threshold = float(threshold)
@@ -84,14 +90,22 @@ class SampleCheck:
         similarity.fill_diagonal_(-1.0)
         return float(similarity.max(dim=1).values.median())
 
-    def replica_similarity(self, latents: torch.Tensor, cond: torch.Tensor, unblocked: torch.Tensor,
+    def replicas(self, unblocked: torch.Tensor) -> torch.Tensor:
+        """Descriptors of what the unblocked samples copy: the training images any of them matches
+        above the threshold, else (no training descriptors, or no match) their consensus."""
+        if self.training is not None and len(self.training):
+            matched = (unblocked @ self.training.to(unblocked.device).T > self.threshold).any(dim=0)
+            if bool(matched.any()):
+                return self.training.to(unblocked.device)[matched]
+        return torch.nn.functional.normalize(unblocked.mean(0), dim=0)[None]
+
+    def replica_similarity(self, latents: torch.Tensor, cond: torch.Tensor, replicas: torch.Tensor,
                            sets: Sequence[torch.Tensor]) -> list[float]:
-        """Per neuron set, the `quantile` of its blocked samples' similarities to the unblocked samples' consensus."""
+        """Per neuron set, the `quantile` of its blocked samples' best similarities to the `replicas`."""
         k = len(latents)
         masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
         blocked = self.embed(latents.repeat(len(sets), *([1] * (latents.ndim - 1))), cond, masks)
-        consensus = torch.nn.functional.normalize(unblocked.mean(0), dim=0)
-        similarity = (blocked @ consensus).view(len(sets), k)
+        similarity = (blocked @ replicas.T).max(dim=1).values.view(len(sets), k)
         return torch.quantile(similarity, self.config.quantile, dim=1, interpolation="lower").tolist()
 
     def sets_per_call(self) -> int:
