@@ -466,3 +466,15 @@ def test_neuron_mitigations_block_found_neurons_and_global_takes_only_successful
     # the initial selections instead: what refinement pruned from
     assert blocked("nemo", neurons="initial") == {"a": [1, 2, 4], "b": [7, 8, 9]}
     assert blocked("nemo_global", neurons="initial") == {"a": [1, 2, 4], "b": [1, 2, 4], "c": [1, 2, 4]}
+
+
+def test_frequent_neurons_keep_those_shared_by_a_share_of_the_prompts():
+    from mnemo.mitigate import frequent_neurons
+
+    found = [[1, 2, 5], [2, 3, 5], [2, 4], [2, 5, 6]]
+    assert frequent_neurons(found) == [1, 2, 3, 4, 5, 6]          # 0: the union
+    assert frequent_neurons(found, 0.5) == [2, 5]                 # in 2 of 4 sets or more
+    assert frequent_neurons(found, 0.6) == [2, 5]                 # in 3 of 4 (2.4 rounds up)
+    assert frequent_neurons(found, 0.8) == [2]                   # in all 4 (3.2 rounds up)
+    assert frequent_neurons(found, 1.0) == [2]
+    assert frequent_neurons([]) == []

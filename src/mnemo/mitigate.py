@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,6 +282,15 @@ def neurons_to_block(localized: Sequence[dict[str, Any]], which: str = "refined"
             for r in localized if r["memorized"]}
 
 
+def frequent_neurons(found: Iterable[Sequence[int]], min_share: float = 0.0) -> list[int]:
+    """Neurons in at least `min_share` of the found sets (0: their union). NeMo's "frequent
+    memorization neurons": where every memorized prompt needs its own many neurons, the union
+    blocks most of the layer for every prompt, and those shared by many prompts cost less."""
+    sets = [set(neurons) for neurons in found]
+    counts = Counter(n for neurons in sets for n in neurons)
+    return sorted(n for n, count in counts.items() if count >= min_share * len(sets))
+
+
 def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel, *,
                      localized: Sequence[dict[str, Any]] | None = None, blocks: Sequence[str] = DEFAULT_BLOCKS,
                      prompt_ids: Sequence[str] = (), prompts: Sequence[str] = (), seeds: Sequence[Sequence[int]] = (),
@@ -301,8 +311,8 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
         elif kind == "nemo_global":
             # the neurons NeMo *found*: a failed search's widest selection is no finding
             found = neurons_to_block([r for r in localized if r["success"]], which)
-            union = sorted({n for neurons in found.values() for n in neurons})
-            chosen = {pid: union for pid in prompt_ids}
+            shared = frequent_neurons(found.values(), float(settings.get("min_share", 0.0)))
+            chosen = {pid: shared for pid in prompt_ids}
         else:
             chosen = {pid: random_like(layers, neurons, f"{settings.get('seed', 0)}:{pid}")
                       for pid, neurons in own.items()}
