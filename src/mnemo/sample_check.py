@@ -61,7 +61,8 @@ class SampleCheck:
                  threshold: float, config: SampleCheckConfig, factor: float = 0.0,
                  training: torch.Tensor | None = None):
         self.model = model
-        self.training = None if training is None else torch.nn.functional.normalize(training.float(), dim=1)
+        self.training = (None if training is None
+                         else torch.nn.functional.normalize(training.float(), dim=1).to(model.device))
         self.layers = list(layers)
         self.descriptor = descriptor
         self.threshold = float(threshold)
@@ -94,9 +95,9 @@ class SampleCheck:
         """Descriptors of what the unblocked samples copy: the training images any of them matches
         above the threshold, else (no training descriptors, or no match) their consensus."""
         if self.training is not None and len(self.training):
-            matched = (unblocked @ self.training.to(unblocked.device).T > self.threshold).any(dim=0)
+            matched = (unblocked @ self.training.T > self.threshold).any(dim=0)
             if bool(matched.any()):
-                return self.training.to(unblocked.device)[matched]
+                return self.training[matched]
         return torch.nn.functional.normalize(unblocked.mean(0), dim=0)[None]
 
     def replica_similarity(self, latents: torch.Tensor, cond: torch.Tensor, replicas: torch.Tensor,
