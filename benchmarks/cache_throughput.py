@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnemo.dataset import CacheConfig, build_cache
+from mnemo.data.dataset import CacheConfig, build_cache
 from mnemo.phantoms import generate_phantom_dataset
 
 

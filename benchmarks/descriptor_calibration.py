@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnemo.descriptors import (
+from mnemo.copydetect.descriptors import (
     CopyDetectTrainConfig,
     PixelDescriptor,
     calibrate,

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mnemo.neighbours import topk_cosine
+from mnemo.copydetect.neighbours import topk_cosine
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from mnemo.model import DiffusionModel, ModelConfig
-from mnemo.sample import generate, plan_requests
-from mnemo.train import TrainConfig, train
+from mnemo.diffusion.model import DiffusionModel, ModelConfig
+from mnemo.diffusion.sample import generate, plan_requests
+from mnemo.diffusion.train import TrainConfig, train
 from mnemo.workflow import configure_torch
 
 PROMPTS = ["frontal PA female 60s cardiomegaly pleural effusion", "lateral male 40s no finding",
@@ -99,7 +99,7 @@ def main() -> None:
                        log=lambda *_: None)
     seconds = sum(r["seconds"] for r in result.history[2:])
     ours = batch * args.steps / seconds
-    print(f"training  : {ours:8.1f} images/s (mnemo.train)   {bare:8.1f} images/s (bare UNet+AdamW)   "
+    print(f"training  : {ours:8.1f} images/s (mnemo.diffusion.train)   {bare:8.1f} images/s (bare UNet+AdamW)   "
           f"ratio {ours / bare:.2f}   [{device}, batch {batch}, {h}x{w}]")
 
     model.eval()
@@ -110,7 +110,7 @@ def main() -> None:
     generate(model, requests, args.sampling_steps, batch_size, progress=False)
     ours = len(requests) / (time.perf_counter() - tick)
     bare = bare_sample_loop(model, min(batch_size, len(requests)), args.sampling_steps, device)
-    print(f"sampling  : {ours:8.1f} images/s (mnemo.sample)  {bare:8.1f} images/s (bare UNet calls)     "
+    print(f"sampling  : {ours:8.1f} images/s (mnemo.diffusion.sample)  {bare:8.1f} images/s (bare UNet calls)     "
           f"ratio {ours / bare:.2f}   [{args.sampling_steps} DDIM steps, guidance 3]")
 
 

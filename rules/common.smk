@@ -1,13 +1,9 @@
 # Shared helpers: result paths, input functions, the targets of `all`.
 
-import hashlib
-import json
-
 from mnemo.config import variant_train_config
-from mnemo.privacy import load_salt
+from mnemo.dependencies import library_files
 
 R = config["results"]
-load_salt(config["privacy"]["salt_file"])  # created once, before any job reads it
 
 
 wildcard_constraints:
@@ -17,15 +13,11 @@ wildcard_constraints:
     split="train|valid",
 
 
-def code(*modules):
-    """Library modules a job runs, as inputs: editing one reruns its jobs (Snakemake alone sees only the script)."""
-    root = Path(workflow.basedir) / "src" / "mnemo"
-    return [str(root / f"{m}.py") for m in ("__init__", "workflow", *modules)]
-
-
-def digest(value):
-    """Short hash of a config sub-dict, for params that should trigger reruns without bloating logs."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+def code(script):
+    """The library files scripts/{script}.py runs (from its imports), as inputs: editing one reruns
+    the script's jobs; Snakemake alone sees only the script."""
+    base = Path(workflow.basedir)
+    return list(library_files(base / "scripts" / f"{script}.py", base / "src" / "mnemo"))
 
 
 def gpus():
@@ -173,7 +165,7 @@ def sample_check_inputs(wildcards):
     threshold) and the training images' descriptors, what the samples' copies are measured against."""
     if not config["localize"]["sample_check"]["enabled"]:
         return {}
-    return {**descriptor_model_of(primary()), "descriptor_code": code("descriptors", "embeddings"),
+    return {**descriptor_model_of(primary()),
             "calibration": f"{R}/descriptors/{primary()}/calibration.json",
             "training": f"{R}/embeddings/{primary()}/train.parquet"}
 

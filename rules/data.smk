@@ -6,7 +6,7 @@ if xray():
 
     rule phantoms:
         input:
-            code("phantoms", "chexpert", "prompts"),
+            code("phantoms"),
         output:
             train=f"{R}/data/phantoms/train.csv",
             valid=f"{R}/data/phantoms/valid.csv",
@@ -28,14 +28,14 @@ if xray():
 
     rule cache_dataset:
         input:
-            code("dataset", "chexpert", "prompts", "privacy", "images"),
+            code("cache_dataset"),
             csv=lambda wc: dataset_csv(wc.split),
-            salt=config["privacy"]["salt_file"],
         output:
             cache=directory(f"{R}/cache/{{split}}"),
             rejected=f"{R}/cache/{{split}}_rejected.csv",
             summary=f"{R}/cache/{{split}}_summary.json",
         params:
+            salt_file=config["privacy"]["salt_file"],
             image_root=dataset_root(),
             dataset=config["dataset"],
         conda:
@@ -53,13 +53,13 @@ if xray():
 
     rule prompts:
         input:
-            code("promptset", "prompts", "chexpert", "privacy"),
+            code("prompts"),
             cache=f"{R}/cache/train",
             planted=planted_manifest(),
-            salt=config["privacy"]["salt_file"],
         output:
             f"{R}/prompts/prompts.parquet",
         params:
+            salt_file=config["privacy"]["salt_file"],
             prompts={key: config["prompts"][key] for key in ("other", "heldout", "seed")},
             uncertainty=config["dataset"]["uncertainty"],
         conda:
@@ -76,7 +76,7 @@ else:
 
     rule prompts_from_files:
         input:
-            code("promptset"),
+            code("prompts_from_files"),
             memorized=config["prompts"].get("memorized") or [],
             unmemorized=config["prompts"].get("unmemorized") or [],
         output:
@@ -95,7 +95,7 @@ else:
 
     rule cache_originals:
         input:
-            code("dataset", "promptset", "images"),
+            code("cache_originals"),
             memorized=config["prompts"].get("memorized") or [],
         output:
             cache=directory(f"{R}/cache/train"),

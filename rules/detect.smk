@@ -3,7 +3,7 @@
 
 rule detect:
     input:
-        code("detect", "sample", "model", "metrics"),
+        code("detect"),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
     output:

@@ -3,7 +3,7 @@
 
 rule train_copydetect:
     input:
-        code("descriptors", "augment", "dataset", "images"),
+        code("train_copydetect"),
         cache=f"{R}/cache/train",
     output:
         model=directory(f"{R}/descriptors/{{descriptor}}/model"),
@@ -28,7 +28,7 @@ rule train_copydetect:
 
 rule calibrate_descriptor:
     input:
-        code("descriptors", "augment", "dataset", "images", "metrics"),
+        code("calibrate_descriptor"),
         unpack(descriptor_model),
         cache=f"{R}/cache/train",
     output:
@@ -51,7 +51,7 @@ rule calibrate_descriptor:
 
 rule embed_train:
     input:
-        code("descriptors", "embeddings", "dataset", "images"),
+        code("embed"),
         unpack(descriptor_model),
         images=f"{R}/cache/train",
     output:
@@ -76,7 +76,7 @@ rule embed_train:
 
 rule embed_samples:
     input:
-        code("descriptors", "embeddings", "images"),
+        code("embed"),
         unpack(descriptor_model),
         images=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
     output:
@@ -101,7 +101,7 @@ rule embed_samples:
 
 rule match:
     input:
-        code("replication", "neighbours", "embeddings", "dataset"),
+        code("match"),
         samples=f"{R}/embeddings/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
         sample_rows=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
         train=f"{R}/embeddings/{{descriptor}}/train.parquet",

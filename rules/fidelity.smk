@@ -4,7 +4,7 @@
 
 rule train_classifier:
     input:
-        code("fidelity", "dataset", "images"),
+        code("train_classifier"),
         cache=f"{R}/cache/train",
     output:
         model=directory(f"{R}/fidelity/classifier/model"),
@@ -30,7 +30,7 @@ rule train_classifier:
 
 rule fidelity:
     input:
-        code("fidelity", "descriptors", "dataset", "images"),
+        code("fidelity"),
         unpack(lambda wc: frechet_features()),
         classifier=f"{R}/fidelity/classifier/model",
         samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",

@@ -3,7 +3,7 @@
 
 rule generate:
     input:
-        code("sample", "model", "mitigate", "images"),
+        code("generate"),
         unpack(mitigation_inputs),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",

@@ -3,7 +3,7 @@
 
 rule localize:
     input:
-        code("localize", "detect", "mitigate", "sample", "sample_check", "model"),
+        code("localize"),
         unpack(sample_check_inputs),
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
@@ -35,7 +35,7 @@ rule localize:
 # The histograms are their own job, so that editing a plot never reruns the search.
 rule plot_localization:
     input:
-        code("plots"),
+        code("plot_localization"),
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
     output:

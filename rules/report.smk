@@ -1,13 +1,13 @@
 # Stage 6: metric tables (DuckDB SQL over everything above) and the report's figures.
 
-from mnemo.tables import TABLE_NAMES
+from mnemo.report.tables import TABLE_NAMES
 
 
 rule tables:
     input:
-        code("tables", "plots"),
+        code("tables"),
         table_inputs,
-        sql=lambda wc: sorted(str(p) for p in (Path(workflow.basedir) / "src/mnemo/sql").glob("*.sql")),
+        sql=lambda wc: sorted(str(p) for p in (Path(workflow.basedir) / "src/mnemo/report/sql").glob("*.sql")),
         benchmarks=benchmark_files,
     output:
         summary=report(

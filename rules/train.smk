@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        code("train", "model", "prompts", "dataset", "images"),
+        code("train"),
         cache=f"{R}/cache/train",
     output:
         model=directory(f"{R}/models/{{variant}}/pipeline"),
@@ -31,7 +31,7 @@ rule train:
 # The loss curve is its own job, so that editing a plot never retrains a model.
 rule plot_loss:
     input:
-        code("plots"),
+        code("plot_loss"),
         history=f"{R}/models/{{variant}}/training_log.csv",
     output:
         report(

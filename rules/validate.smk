@@ -3,7 +3,7 @@
 
 rule validate_detection:
     input:
-        code("validation", "metrics", "plots", "images"),
+        code("validate_detection"),
         unpack(replication_inputs),
         scores=f"{R}/detect/{{variant}}/scores.parquet",
         samples=f"{R}/samples/{{variant}}/none.parquet",
@@ -43,7 +43,7 @@ rule validate_detection:
 
 rule retrigger:
     input:
-        code("retrigger", "mitigate", "sample", "model", "descriptors", "dataset", "images"),
+        code("retrigger"),
         unpack(primary_descriptor_model),
         model=model_dir,
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",

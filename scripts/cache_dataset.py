@@ -1,5 +1,5 @@
-from mnemo.dataset import CacheConfig, build_cache, write_summary
-from mnemo.privacy import load_salt
+from mnemo.data.dataset import CacheConfig, build_cache, write_summary
+from mnemo.data.privacy import load_salt
 from mnemo.workflow import job, notify
 
 with job(snakemake) as log:
@@ -17,7 +17,7 @@ with job(snakemake) as log:
         snakemake.params.image_root,
         snakemake.output.cache,
         config,
-        salt=load_salt(snakemake.input.salt, create=False),
+        salt=load_salt(snakemake.params.salt_file),
         rejected_csv=snakemake.output.rejected,
     )
     write_summary(summary, snakemake.output.summary)

@@ -1,5 +1,5 @@
-from mnemo.dataset import build_originals_cache
-from mnemo.promptset import original_images, read_prompt_file
+from mnemo.data.dataset import build_originals_cache
+from mnemo.data.promptset import original_images, read_prompt_file
 from mnemo.workflow import job, write_json
 
 with job(snakemake) as log:

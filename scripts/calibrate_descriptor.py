@@ -1,5 +1,5 @@
-from mnemo.dataset import calibration_set
-from mnemo.descriptors import build_descriptor, calibrate
+from mnemo.copydetect.descriptors import build_descriptor, calibrate
+from mnemo.data.dataset import calibration_set
 from mnemo.workflow import device_of, job, write_json
 
 with job(snakemake) as log:

@@ -1,6 +1,6 @@
 import pyarrow.parquet as pq
 
-from mnemo.detect import DetectConfig, detect_prompts
+from mnemo.detect.detector import DetectConfig, detect_prompts
 from mnemo.workflow import job, load_model, write_json, write_parquet
 
 with job(snakemake) as log:

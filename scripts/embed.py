@@ -1,9 +1,9 @@
 import pyarrow.parquet as pq
 
-from mnemo.dataset import cache_images, read_cache
-from mnemo.descriptors import build_descriptor
-from mnemo.embeddings import Embeddings, embed_in_chunks, write_embeddings
-from mnemo.images import decode_pngs
+from mnemo.copydetect.descriptors import build_descriptor
+from mnemo.copydetect.embeddings import Embeddings, embed_in_chunks, write_embeddings
+from mnemo.data.dataset import cache_images, read_cache
+from mnemo.data.images import decode_pngs
 from mnemo.workflow import device_of, fault_point, job
 
 with job(snakemake) as log:

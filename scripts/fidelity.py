@@ -1,8 +1,8 @@
 import pyarrow.parquet as pq
 
-from mnemo.dataset import cache_images, read_cache
-from mnemo.descriptors import CopyDetectNet
-from mnemo.fidelity import FeatureExtractor, LabelClassifier, evaluate_sample_set
+from mnemo.copydetect.descriptors import CopyDetectNet
+from mnemo.data.dataset import cache_images, read_cache
+from mnemo.evaluate.fidelity import FeatureExtractor, LabelClassifier, evaluate_sample_set
 from mnemo.workflow import device_of, job, write_json
 
 with job(snakemake) as log:

@@ -1,9 +1,15 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mnemo.localize import read_localized
-from mnemo.mitigate import build_mitigation
-from mnemo.sample import generate, plan_requests, sample_seed, samples_table, sheet_of_samples
+from mnemo.diffusion.sample import (
+    generate,
+    plan_requests,
+    sample_seed,
+    samples_table,
+    sheet_of_samples,
+)
+from mnemo.mitigate.neurons import build_mitigation
+from mnemo.nemo.localize import read_localized
 from mnemo.workflow import fault_point, job, load_model, write_parquet
 
 with job(snakemake) as log:

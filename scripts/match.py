@@ -1,8 +1,14 @@
 import pyarrow.parquet as pq
 
-from mnemo.dataset import read_cache
-from mnemo.embeddings import read_embeddings
-from mnemo.replication import MatchConfig, diversity, match_samples, per_prompt, threshold_names
+from mnemo.copydetect.embeddings import read_embeddings
+from mnemo.copydetect.replication import (
+    MatchConfig,
+    diversity,
+    match_samples,
+    per_prompt,
+    threshold_names,
+)
+from mnemo.data.dataset import read_cache
 from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:

@@ -1,7 +1,7 @@
 import pyarrow.parquet as pq
 
-from mnemo.localize import read_localized
-from mnemo.plots import plot_neuron_counts, plot_neurons_per_layer
+from mnemo.nemo.localize import read_localized
+from mnemo.report.plots import plot_neuron_counts, plot_neurons_per_layer
 from mnemo.workflow import job
 
 with job(snakemake):

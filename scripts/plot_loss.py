@@ -1,4 +1,4 @@
-from mnemo.plots import plot_loss_curve, read_training_log
+from mnemo.report.plots import plot_loss_curve, read_training_log
 from mnemo.workflow import job
 
 with job(snakemake):

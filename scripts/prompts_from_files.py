@@ -1,4 +1,4 @@
-from mnemo.promptset import build_prompt_set_from_files, original_images, read_prompt_file
+from mnemo.data.promptset import build_prompt_set_from_files, original_images, read_prompt_file
 from mnemo.workflow import job, write_parquet
 
 with job(snakemake) as log:

@@ -1,11 +1,11 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mnemo.dataset import cache_images, read_cache
-from mnemo.descriptors import build_descriptor
-from mnemo.localize import read_localized
-from mnemo.mitigate import value_layers
-from mnemo.retrigger import RetriggerConfig, run_retrigger
+from mnemo.copydetect.descriptors import build_descriptor
+from mnemo.data.dataset import cache_images, read_cache
+from mnemo.mitigate.retrigger import RetriggerConfig, run_retrigger
+from mnemo.nemo.blocking import value_layers
+from mnemo.nemo.localize import read_localized
 from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
 
 with job(snakemake) as log:

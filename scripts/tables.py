@@ -2,7 +2,7 @@ from pathlib import Path
 
 import duckdb
 
-from mnemo.tables import TABLE_NAMES, register, run_queries, summary_markdown, write_csv
+from mnemo.report.tables import TABLE_NAMES, register, run_queries, summary_markdown, write_csv
 from mnemo.workflow import job
 
 with job(snakemake) as log:

@@ -1,6 +1,6 @@
-from mnemo.dataset import cache_images, read_cache
-from mnemo.model import DiffusionModel, ModelConfig
-from mnemo.train import TrainConfig, fingerprint, train, write_history, write_summary
+from mnemo.data.dataset import cache_images, read_cache
+from mnemo.diffusion.model import DiffusionModel, ModelConfig
+from mnemo.diffusion.train import TrainConfig, fingerprint, train, write_history, write_summary
 from mnemo.workflow import device_of, fault_point, job
 
 with job(snakemake) as log:

@@ -1,6 +1,6 @@
-from mnemo.dataset import read_cache
-from mnemo.fidelity import fit_from_cache
-from mnemo.train import write_history
+from mnemo.data.dataset import read_cache
+from mnemo.diffusion.train import write_history
+from mnemo.evaluate.fidelity import fit_from_cache
 from mnemo.workflow import device_of, job, write_json
 
 with job(snakemake) as log:

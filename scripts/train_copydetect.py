@@ -1,6 +1,6 @@
-from mnemo.dataset import cache_images, patient_holdout, read_cache
-from mnemo.descriptors import train_copydetect
-from mnemo.train import write_history
+from mnemo.copydetect.descriptors import train_copydetect
+from mnemo.data.dataset import cache_images, patient_holdout, read_cache
+from mnemo.diffusion.train import write_history
 from mnemo.workflow import device_of, job
 
 with job(snakemake) as log:

@@ -1,8 +1,8 @@
 import pyarrow.parquet as pq
 
-from mnemo.dataset import read_cache
-from mnemo.plots import plot_detection_roc, plot_score_vs_similarity, top_bottom_grid
-from mnemo.validation import DETECTORS, detection_metrics, replication_by_prompt
+from mnemo.data.dataset import read_cache
+from mnemo.detect.validation import DETECTORS, detection_metrics, replication_by_prompt
+from mnemo.report.plots import plot_detection_roc, plot_score_vs_similarity, top_bottom_grid
 from mnemo.workflow import job, read_json, write_parquet
 
 with job(snakemake) as log:

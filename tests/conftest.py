@@ -31,7 +31,7 @@ TINY_PROMPTS = [
 
 @pytest.fixture
 def tiny_model():
-    from mnemo.model import DiffusionModel, ModelConfig
+    from mnemo.diffusion.model import DiffusionModel, ModelConfig
 
     model = DiffusionModel.from_config(ModelConfig.from_dict(TINY_MODEL), TINY_PROMPTS, seed=0)
     return model.eval()

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from mnemo import chexpert
-from mnemo.dataset import (
+from mnemo.data import chexpert
+from mnemo.data.dataset import (
     BadImageError,
     CacheConfig,
     DatasetError,
@@ -21,8 +21,8 @@ from mnemo.dataset import (
     read_cache,
     read_csv,
 )
+from mnemo.data.privacy import load_salt, pseudonym
 from mnemo.phantoms import generate_phantom_dataset
-from mnemo.privacy import load_salt, pseudonym
 
 SALT = b"test-salt-0123456789abcdef"
 
@@ -144,7 +144,7 @@ def test_bad_dicom_is_skipped_and_counted(phantom_root, tmp_path):
 def test_monochrome1_is_inverted(tmp_path):
     import numpy as np
 
-    from mnemo.dataset import load_image
+    from mnemo.data.dataset import load_image
     from mnemo.phantoms import write_dicom
 
     ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
@@ -189,7 +189,7 @@ def test_salt_file_is_private_and_stable(tmp_path):
 
 
 def test_calibration_set_holds_out_whole_patients_or_takes_every_image(phantom_root, tmp_path):
-    from mnemo.dataset import calibration_set, patient_holdout
+    from mnemo.data.dataset import calibration_set, patient_holdout
 
     _cache(phantom_root, tmp_path)
     everyone = read_cache(tmp_path / "cache", columns=["patient_id", "study"])

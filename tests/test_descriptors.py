@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemo import augment
-from mnemo.descriptors import (
+from mnemo.copydetect import augment
+from mnemo.copydetect.descriptors import (
     CopyDetectNet,
     CopyDetectTrainConfig,
     Descriptor,
@@ -293,7 +293,7 @@ def test_build_descriptor_pixel_and_unknown() -> None:
 
 
 def test_losses_handle_planted_duplicates() -> None:
-    from mnemo.descriptors import info_nce, koleo
+    from mnemo.copydetect.descriptors import info_nce, koleo
 
     e = torch.eye(8)
     # views 0..3 and their twins 4..7; images 0 and 1 are byte-identical, so all four match

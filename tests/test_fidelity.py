@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mnemo import chexpert
-from mnemo.descriptors import CopyDetectNet
-from mnemo.fidelity import (
+from mnemo.copydetect.descriptors import CopyDetectNet
+from mnemo.data import chexpert
+from mnemo.data.prompts import prompt_text
+from mnemo.evaluate.fidelity import (
     ATTRIBUTES,
     ClassifierTrainConfig,
     FeatureExtractor,
@@ -28,7 +29,6 @@ from mnemo.fidelity import (
     targets_from_prompts,
     train_classifier,
 )
-from mnemo.prompts import prompt_text
 
 FAST = {"channels": (4, 8), "input_size": 16, "batch_size": 16, "progress": False}
 
@@ -107,7 +107,7 @@ def test_targets_from_cache():
 
 
 def test_fit_from_cache_holds_out_patients():
-    from mnemo.images import encode_png
+    from mnemo.data.images import encode_png
 
     n = 24
     images, targets, _ = _bright_dark(n)

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from mnemo.localize import (
+from mnemo.diffusion.sample import initial_noise
+from mnemo.nemo.blocking import (
+    NeuronBlocker,
+    block_neurons,
+    neuron_count,
+    value_activations,
+    value_layers,
+)
+from mnemo.nemo.localize import (
     LocalizeConfig,
     Localizer,
     ReferenceStats,
@@ -15,15 +23,7 @@ from mnemo.localize import (
     reference_statistics,
     speculation_tree,
 )
-from mnemo.mitigate import (
-    NeuronBlocker,
-    block_neurons,
-    neuron_count,
-    value_activations,
-    value_layers,
-)
-from mnemo.sample import initial_noise
-from mnemo.sample_check import SampleCheckConfig
+from mnemo.nemo.sample_check import SampleCheckConfig
 from tests.conftest import TINY_PROMPTS
 
 
@@ -151,7 +151,7 @@ def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0
     monkeypatch.setattr(localizer, "scores", scores)
     monkeypatch.setattr(localizer, "tau", 0.5)
     # memorized by construction: every unblocked sample is above tau
-    monkeypatch.setattr("mnemo.localize.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
+    monkeypatch.setattr("mnemo.nemo.localize.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
     return localizer.localize("p", TINY_PROMPTS[0]), calls
 
 
@@ -265,7 +265,7 @@ def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step, score):
     sets[1][:5] = True
     sets[2][20:40] = True
     sets[3][::3] = True
-    from mnemo.localize import _PromptState
+    from mnemo.nemo.localize import _PromptState
 
     def score_all(mode):
         localizer = Localizer(tiny_model, layers, stats, tau=0.5,
@@ -297,9 +297,9 @@ def test_guidance_direction_vanishes_when_every_value_neuron_is_blocked(tiny_mod
 
 @pytest.mark.parametrize("signal", ["noise_difference", "guidance_direction"])
 def test_signal_at_a_later_step_follows_the_sampler(tiny_model, signal):
-    """signal_step k reads the signal where mnemo.sample.denoise is after k steps, blocking on the way."""
-    from mnemo.detect import normalize_maps
-    from mnemo.sample import denoise
+    """signal_step k reads the signal where mnemo.diffusion.sample.denoise is after k steps, blocking on the way."""
+    from mnemo.diffusion.sample import denoise
+    from mnemo.nemo.signal import normalize_maps
 
     layers = value_layers(tiny_model.unet)
     stats = reference_statistics(tiny_model, layers, TINY_PROMPTS)
@@ -325,7 +325,9 @@ def test_signal_at_a_later_step_follows_the_sampler(tiny_model, signal):
 
 
 def test_signal_threshold_of_the_paper_signal_is_the_detection_tau(tiny_model):
-    from mnemo.detect import DetectConfig, memorization_threshold, nemo_detection
+    from mnemo.detect.detector import DetectConfig
+    from mnemo.detect.nemo import nemo_detection
+    from mnemo.nemo.signal import memorization_threshold
 
     ids, prompts = ["r0", "r1", "r2"], TINY_PROMPTS[:3]
     detection = nemo_detection(tiny_model, ids, prompts, DetectConfig(steps=3, nemo_samples=4, seed=7))
@@ -350,8 +352,8 @@ def test_projection_sees_magnitude_and_blocking():
 def test_projection_score_and_its_per_prompt_threshold(tiny_model):
     """Blocking every value neuron leaves none of the guidance direction (score 0), factor 1 all of it;
     tau is mean + 1 std of the reference prompts' projections from the same latents."""
-    from mnemo.detect import memorization_threshold
-    from mnemo.localize import _PromptState
+    from mnemo.nemo.localize import _PromptState
+    from mnemo.nemo.signal import memorization_threshold
 
     layers = value_layers(tiny_model.unet, ("down", "mid", "up"))
     total = neuron_count(layers)
@@ -411,8 +413,9 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal, score)
 # --- Wen et al.'s inference-time mitigation ------------------------------------------------------
 
 def test_prompt_embedding_optimisation_lowers_the_magnitude(tiny_model):
-    from mnemo.mitigate import WenEmbeddingConfig, build_mitigation, optimize_prompt_embeddings
-    from mnemo.sample import sample_seed
+    from mnemo.diffusion.sample import sample_seed
+    from mnemo.mitigate.neurons import build_mitigation
+    from mnemo.mitigate.wen_embedding import WenEmbeddingConfig, optimize_prompt_embeddings
 
     seeds = [[sample_seed(p, i) for i in range(3)] for p in ("a", "b")]
     config = WenEmbeddingConfig(learning_rate=0.05, iterations=5)
@@ -434,7 +437,8 @@ def test_prompt_embedding_optimisation_lowers_the_magnitude(tiny_model):
 
 
 def test_random_control_matches_counts_per_layer(tiny_model):
-    from mnemo.mitigate import locate, random_like
+    from mnemo.mitigate.neurons import random_like
+    from mnemo.nemo.blocking import locate
 
     layers = value_layers(tiny_model.unet)
     neurons = [1, 2, layers[1].offset + 5, layers[2].offset + 1]
@@ -445,7 +449,7 @@ def test_random_control_matches_counts_per_layer(tiny_model):
 
 
 def test_neuron_mitigations_block_found_neurons_and_global_takes_only_successful_searches(tiny_model):
-    from mnemo.mitigate import build_mitigation
+    from mnemo.mitigate.neurons import build_mitigation
 
     localized = [
         {"prompt_id": "a", "memorized": True, "success": True, "refined_neurons": [1, 4], "initial_neurons": [1, 2, 4]},
@@ -469,7 +473,7 @@ def test_neuron_mitigations_block_found_neurons_and_global_takes_only_successful
 
 
 def test_frequent_neurons_keep_those_shared_by_a_share_of_the_prompts():
-    from mnemo.mitigate import frequent_neurons
+    from mnemo.mitigate.neurons import frequent_neurons
 
     found = [[1, 2, 5], [2, 3, 5], [2, 4], [2, 5, 6]]
     assert frequent_neurons(found) == [1, 2, 3, 4, 5, 6]          # 0: the union

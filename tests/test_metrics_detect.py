@@ -7,18 +7,16 @@ import math
 import pytest
 import torch
 
-from mnemo import metrics
-from mnemo.detect import (
-    DetectConfig,
+from mnemo.detect import metrics
+from mnemo.detect.detector import DetectConfig
+from mnemo.detect.nemo import nemo_detection
+from mnemo.detect.wen import summarize_wen, token_significance, wen_magnitudes
+from mnemo.nemo.signal import (
     memorization_threshold,
-    nemo_detection,
     normalize_maps,
     pairwise_ms_ssim,
     per_sample_max,
     ssim_kernel_size,
-    summarize_wen,
-    token_significance,
-    wen_magnitudes,
 )
 from tests.conftest import TINY_PROMPTS
 
@@ -79,7 +77,7 @@ def test_normalize_maps_range():
 
 
 def test_wen_magnitude_matches_direct_computation(tiny_model):
-    from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
+    from mnemo.diffusion.sample import ddim_scheduler, initial_noise, sample_seed
 
     config = DetectConfig(guidance=3.0, steps=3, generations=2, wen_n=(1, 2), batch_size=3)
     magnitudes = wen_magnitudes(tiny_model, ["a", "b"], TINY_PROMPTS[:2], config, progress=False)
@@ -109,7 +107,7 @@ def test_nemo_detection_and_token_significance_run(tiny_model):
 def test_detection_is_validated_against_planted_any_and_own_replication():
     import pyarrow as pa
 
-    from mnemo.validation import detection_metrics, replication_by_prompt
+    from mnemo.detect.validation import detection_metrics, replication_by_prompt
 
     # p0, p1 planted and reproducing their own image; p2 copies *some* training image (not its
     # own); p3 is a held-out prompt with no training image of its own. Two guidance rows each.

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnemo.model import DiffusionModel, ModelConfig
-from mnemo.sample import denoise, generate, initial_noise, plan_requests, predict_noise, sample_seed
-from mnemo.train import TrainConfig, filter_mask, train
+from mnemo.diffusion.model import DiffusionModel, ModelConfig
+from mnemo.diffusion.sample import (
+    denoise,
+    generate,
+    initial_noise,
+    plan_requests,
+    predict_noise,
+    sample_seed,
+)
+from mnemo.diffusion.train import TrainConfig, filter_mask, train
 from tests.conftest import TINY_MODEL, TINY_PROMPTS
 
 

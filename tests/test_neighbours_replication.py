@@ -6,9 +6,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mnemo.embeddings import Embeddings, read_embeddings, write_embeddings
-from mnemo.neighbours import topk_cosine
-from mnemo.replication import MatchConfig, diversity, match_samples, per_prompt, threshold_names
+from mnemo.copydetect.embeddings import Embeddings, read_embeddings, write_embeddings
+from mnemo.copydetect.neighbours import topk_cosine
+from mnemo.copydetect.replication import (
+    MatchConfig,
+    diversity,
+    match_samples,
+    per_prompt,
+    threshold_names,
+)
 
 
 def _unit(x):

@@ -15,8 +15,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from mnemo import phantoms as P
-from mnemo.chexpert import CSV_COLUMNS, OBSERVATIONS, UNCERTAINTY_POLICIES, parse_label
-from mnemo.prompts import prompt_text
+from mnemo.data.chexpert import CSV_COLUMNS, OBSERVATIONS, UNCERTAINTY_POLICIES, parse_label
+from mnemo.data.prompts import prompt_text
 
 SMALL = {
     "patients": 6,

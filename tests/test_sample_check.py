@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mnemo.descriptors import PixelDescriptor
-from mnemo.mitigate import neuron_count, value_layers
-from mnemo.sample import initial_noise
-from mnemo.sample_check import SampleCheck, SampleCheckConfig, smallest_passing
+from mnemo.copydetect.descriptors import PixelDescriptor
+from mnemo.diffusion.sample import initial_noise
+from mnemo.nemo.blocking import neuron_count, value_layers
+from mnemo.nemo.sample_check import SampleCheck, SampleCheckConfig, smallest_passing
 from tests.conftest import TINY_PROMPTS
 
 

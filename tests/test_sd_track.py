@@ -74,7 +74,7 @@ def test_sd_config_names_missing_weights(tmp_path):
 
 
 def test_nemo_and_wen_prompt_files_are_read(tmp_path):
-    from mnemo.promptset import build_prompt_set_from_files, original_images, read_prompt_file
+    from mnemo.data.promptset import build_prompt_set_from_files, original_images, read_prompt_file
 
     memorized, unmemorized, originals = tiny_sd.write_prompt_files(tmp_path)
     rows = read_prompt_file(memorized, memorized=True)

@@ -114,7 +114,7 @@ def write_parquet(table, path: str | Path) -> None:
 def load_model(snakemake: Any):
     """The variant's model on the job's device, in the variant's dtype (`auto`: float16 for
     pretrained models on CUDA, float32 otherwise)."""
-    from mnemo.model import DiffusionModel
+    from mnemo.diffusion.model import DiffusionModel
 
     device = device_of(snakemake)
     variant = snakemake.config["variants"][snakemake.wildcards.variant]

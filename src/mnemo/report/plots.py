@@ -104,7 +104,7 @@ GROUP_COLOURS = {"planted": "C3", "other": "C0", "heldout": "C2", "VM": "C3", "T
 
 
 def plot_detection_roc(scores, replication: dict, detectors, path: str | Path, title: str = "") -> None:
-    from mnemo.validation import measures_own_images, roc_points
+    from mnemo.detect.validation import measures_own_images, roc_points
 
     rows = scores.select(["prompt_id", "memorized_truth"]).to_pylist()
     truths = {"memorized (ground truth)": {r["prompt_id"]: bool(r["memorized_truth"]) for r in rows}}
@@ -156,7 +156,7 @@ def plot_score_vs_similarity(scores, replication: dict, detector: str, threshold
 def top_bottom_grid(scores, samples, matches, cache, detector: str, count: int, path: str | Path,
                     per_prompt: int = 4) -> None:
     """Rows: top and bottom prompts by score; cells: sample, its nearest training image, ..."""
-    from mnemo.images import contact_sheet, decode_png
+    from mnemo.data.images import contact_sheet, decode_png
 
     ranked = sorted(scores.select(["prompt_id", detector]).to_pylist(), key=lambda r: -r[detector])
     chosen = ranked[:count] + ranked[-count:] if len(ranked) > 2 * count else ranked

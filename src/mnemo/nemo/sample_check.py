@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mnemo.descriptors import Descriptor
-from mnemo.mitigate import NeuronBlocker, ValueLayer
-from mnemo.model import DiffusionModel
-from mnemo.sample import denoise
+from mnemo.copydetect.descriptors import Descriptor
+from mnemo.diffusion.model import DiffusionModel
+from mnemo.diffusion.sample import denoise
+from mnemo.nemo.blocking import NeuronBlocker, ValueLayer
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemo.augment import copy_edit, strong_augment
+from mnemo.copydetect.augment import copy_edit, strong_augment
 
 __all__ = [
     "CopyDetectNet",

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemo import chexpert
-from mnemo.metrics import roc_auc
+from mnemo.data import chexpert
+from mnemo.detect.metrics import roc_auc
 
 __all__ = [
     "ATTRIBUTES",
@@ -541,7 +541,7 @@ def fit_from_cache(
     classifier's probabilities are biased upwards (phantom 'No Finding' is never negative, only
     blank) and per-prompt accuracy at 0.5 on real held-out images fell from 0.92 to 0.62.
     """
-    from mnemo.dataset import cache_images, patient_holdout
+    from mnemo.data.dataset import cache_images, patient_holdout
 
     images = cache_images(table)
     targets, known = targets_from_cache(table, blank_as_negative)
@@ -764,7 +764,7 @@ def evaluate_sample_set(
     Label AUC is computed over the samples of the prompts that are not planted (what a model
     should still draw), and over all samples; the Fréchet distance is against all real images.
     """
-    from mnemo.images import decode_pngs
+    from mnemo.data.images import decode_pngs
 
     rows = samples.select(["prompt_id", "prompt", "guidance", "image"]).to_pylist()
     out = []

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mnemo.mitigate import ValueLayer, block_neurons
-from mnemo.model import DiffusionModel
-from mnemo.sample import denoise, initial_noise, sample_seed
+from mnemo.diffusion.model import DiffusionModel
+from mnemo.diffusion.sample import denoise, initial_noise, sample_seed
+from mnemo.nemo.blocking import ValueLayer, block_neurons
 
 
 @dataclass
@@ -88,7 +88,7 @@ def run_retrigger(model: DiffusionModel, layers: Sequence[ValueLayer], localized
                   max_prompts: int = 8, log=print) -> list[dict]:
     """Memorized arm (target = the prompt's own source image) and a control arm (target = the
     first training image of an ordinary prompt), both with the memorized prompt's neurons blocked."""
-    from mnemo.mitigate import neurons_to_block
+    from mnemo.mitigate.neurons import neurons_to_block
 
     rows = {r["prompt_id"]: r for r in prompts.to_pylist()}
     blocked = neurons_to_block([r for r in localized if r["success"]])

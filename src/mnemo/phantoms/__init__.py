@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mnemo.chexpert import CSV_COLUMNS, OBSERVATIONS, UNCERTAINTY_POLICIES
-from mnemo.prompts import prompt_text
+from mnemo.data.chexpert import CSV_COLUMNS, OBSERVATIONS, UNCERTAINTY_POLICIES
+from mnemo.data.prompts import prompt_text
 
 __all__ = [
     "PatientAnatomy",

@@ -31,7 +31,7 @@ the likeliest next decisions (`speculation_tree`) and follows the branch the sco
 make the same decisions; the batched one makes far fewer UNet calls, at the cost of scoring sets
 off the path taken (free on a GPU with room in the batch, not on a CPU).
 
-An optional `SampleCheck` (`mnemo.sample_check`) judges the refined set by the samples instead
+An optional `SampleCheck` (`mnemo.nemo.sample_check`) judges the refined set by the samples instead
 of the signal: where the pruned set still lets them copy, it widens the set back along the chain
 the pruning took. Its UNet calls and seconds are counted apart from the search's.
 """
@@ -46,17 +46,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mnemo.detect import (
+from mnemo.diffusion.model import DiffusionModel
+from mnemo.diffusion.sample import ddim_scheduler, initial_noise, sample_seed
+from mnemo.nemo.blocking import NeuronBlocker, ValueLayer, locate, neuron_count, value_activations
+from mnemo.nemo.sample_check import SampleCheck, smallest_passing
+from mnemo.nemo.signal import (
     memorization_threshold,
     ms_ssim,
     normalize_maps,
     per_sample_max,
     ssim_kernel_size,
 )
-from mnemo.mitigate import NeuronBlocker, ValueLayer, locate, neuron_count, value_activations
-from mnemo.model import DiffusionModel
-from mnemo.sample import ddim_scheduler, initial_noise, sample_seed
-from mnemo.sample_check import SampleCheck, smallest_passing
 
 MODES = ("batched", "sequential")
 SIGNALS = ("noise_difference", "guidance_direction")
@@ -453,7 +453,7 @@ class Localizer:
                        result: LocalizationResult) -> None:
         """Widen the refined set back along the pruning chain until the samples stop copying.
 
-        Only where the unblocked samples reproduce one image (see `mnemo.sample_check`). The
+        Only where the unblocked samples reproduce one image (see `mnemo.nemo.sample_check`). The
         chain runs from the widest selection of the schedule through the initial one to the
         refined set; the result is its smallest set that passes, or a failed search (the widest
         set) when none does.
@@ -613,7 +613,7 @@ def localize_prompts(model: DiffusionModel, prompts, flagged: Sequence[str], tau
     flagged prompt, a number for the first that many. Returns the layers, reference
     statistics and results.
     """
-    from mnemo.mitigate import value_layers
+    from mnemo.nemo.blocking import value_layers
 
     layers = value_layers(model.unet, config.blocks)
     records = prompts.select(["prompt_id", "prompt", "reference"]).to_pylist()

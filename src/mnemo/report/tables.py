@@ -1,4 +1,4 @@
-"""Metric tables: DuckDB SQL (in `mnemo/sql/*.sql`) over the Parquet/JSON/TSV outputs of the run.
+"""Metric tables: DuckDB SQL (in `mnemo/report/sql/*.sql`) over the Parquet/JSON/TSV outputs of the run.
 
 Every figure in a table is computed by a query over the rows written by earlier stages, never
 typed in; the queries are plain files a reader can rerun in any DuckDB shell.
@@ -97,7 +97,7 @@ def register(con: duckdb.DuckDBPyConnection, name: str, sources: Sequence[Source
 
 
 def query(name: str) -> str:
-    return resources.files("mnemo").joinpath("sql", f"{name}.sql").read_text()
+    return resources.files("mnemo.report").joinpath("sql", f"{name}.sql").read_text()
 
 
 def run_queries(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None 
         if name not in tables:
             continue
         table = tables[name]
-        source = f"Table `{name}.csv`, query `mnemo/sql/{name}.sql`."
+        source = f"Table `{name}.csv`, query `mnemo/report/sql/{name}.sql`."
         if primary and "descriptor" in table.column_names and name != "calibration":
             table = table.filter(pc.equal(table.column("descriptor"), primary)).drop_columns(["descriptor"])
             source += f" Descriptor: `{primary}` (all descriptors in the CSV)."

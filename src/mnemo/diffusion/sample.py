@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from mnemo.model import DiffusionModel
+from mnemo.diffusion.model import DiffusionModel
 
 if TYPE_CHECKING:
-    from mnemo.mitigate import Mitigation
+    from mnemo.mitigate.neurons import NoMitigation as Mitigation
 
 # Called once per denoising step: (step index, timestep, x_t, eps_unconditional or None, eps_conditional)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], None]
@@ -28,6 +28,16 @@ def sample_seed(prompt_id: str, index: int, base_seed: int = 0) -> int:
     """Seed of one sample, a pure function of (base seed, prompt id, sample index)."""
     digest = hashlib.blake2b(f"{base_seed}:{prompt_id}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def seeds_per_prompt(prompt_ids: Sequence[str], n: int, base_seed: int) -> list[list[int]]:
+    """The n sample seeds of each prompt: the same ones generation uses."""
+    return [[sample_seed(pid, i, base_seed) for i in range(n)] for pid in prompt_ids]
+
+
+def batch_slices(total: int, size: int) -> Iterator[slice]:
+    for begin in range(0, total, size):
+        yield slice(begin, min(total, begin + size))
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device | str = "cpu",
@@ -115,7 +125,7 @@ def generate(
     """Draw every request, batched across prompts; returns uint8 images and seconds per batch."""
     from tqdm import tqdm
 
-    from mnemo.mitigate import NoMitigation
+    from mnemo.mitigate.neurons import NoMitigation
 
     mitigation = mitigation or NoMitigation()
     images = []
@@ -173,7 +183,7 @@ def samples_table(requests: Sequence[SampleRequest], images: torch.Tensor, varia
     """One row per drawn image; `sample_id` names the twin across mitigations (same seed)."""
     import pyarrow as pa
 
-    from mnemo.images import encode_pngs
+    from mnemo.data.images import encode_pngs
 
     pngs = encode_pngs(images)
     rows = [
@@ -196,7 +206,7 @@ def samples_table(requests: Sequence[SampleRequest], images: torch.Tensor, varia
 
 def sheet_of_samples(table, per_prompt: int = 6, cell: int = 48):
     """Contact sheet: one row per (prompt, guidance) with its first samples."""
-    from mnemo.images import contact_sheet, decode_png
+    from mnemo.data.images import contact_sheet, decode_png
 
     rows: dict[tuple[str, float], list] = {}
     titles: dict[tuple[str, float], str] = {}

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from mnemo import chexpert
-from mnemo.images import decode_pngs, encode_png
-from mnemo.privacy import content_hash, pseudonym
-from mnemo.prompts import prompt_text
+from mnemo.data import chexpert
+from mnemo.data.images import decode_pngs, encode_png
+from mnemo.data.privacy import content_hash, pseudonym
+from mnemo.data.prompts import prompt_text
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -486,7 +486,7 @@ def build_originals_cache(memorized: list[dict], originals: dict[str, list[Path]
     """
     from PIL import Image, UnidentifiedImageError
 
-    from mnemo.promptset import original_image_id
+    from mnemo.data.promptset import original_image_id
 
     rows = []
     for entry in memorized:

@@ -15,8 +15,8 @@ import duckdb
 import pyarrow as pa
 import torch
 
-from mnemo.embeddings import Embeddings
-from mnemo.neighbours import topk_cosine
+from mnemo.copydetect.embeddings import Embeddings
+from mnemo.copydetect.neighbours import topk_cosine
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from mnemo import metrics
+from mnemo.detect import metrics
 
 DETECTORS = ("wen_first_n1", "wen_first_n4", "wen_all_n1", "wen_all_n4", "nemo_max_ssim", "nemo_mean_ssim")
 

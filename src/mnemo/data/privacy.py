@@ -17,15 +17,26 @@ SALT_BYTES = 32
 
 
 def load_salt(path: str | Path, create: bool = True) -> bytes:
-    """Read the salt, creating a random one (0600) on first use when `create` is set."""
+    """Read the salt, creating a random one (0600) on first use when `create` is set.
+
+    Creation is atomic (a complete temporary file hard-linked into place), so jobs that start
+    together all read the one salt that won, never a half-written file.
+    """
     salt_path = Path(path)
     if not salt_path.exists():
         if not create:
             raise FileNotFoundError(f"salt file {salt_path} does not exist")
         salt_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(salt_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = salt_path.with_name(f".{salt_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(SALT_BYTES) + "\n")
+        try:
+            os.link(draft, salt_path)
+        except FileExistsError:
+            pass  # another job created it first: use theirs
+        finally:
+            draft.unlink()
     text = salt_path.read_text().strip()
     if len(text) < 16:
         raise ValueError(f"salt file {salt_path} holds fewer than 16 characters")

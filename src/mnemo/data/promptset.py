@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mnemo import chexpert
-from mnemo.privacy import pseudonym
-from mnemo.prompts import prompt_text
+from mnemo.data import chexpert
+from mnemo.data.privacy import pseudonym
+from mnemo.data.prompts import prompt_text
 
 GROUPS = ("planted", "other", "heldout")
 

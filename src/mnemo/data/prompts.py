@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mnemo.chexpert import positive_observations
+from mnemo.data.chexpert import positive_observations
 
 
 def age_group(age: float | int | None) -> str:
@@ -54,7 +54,7 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 def schema_words() -> list[str]:
     """Every word a CheXpert prompt can contain, so held-out label combinations never hit <unk>."""
-    from mnemo.chexpert import OBSERVATIONS
+    from mnemo.data.chexpert import OBSERVATIONS
 
     words = ["frontal", "lateral", "AP", "PA", "female", "male", "unknown-sex", "unknown-age"]
     words += [f"{d}s" for d in range(10, 100, 10)]

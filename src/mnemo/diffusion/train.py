@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnemo.model import DiffusionModel
+from mnemo.diffusion.model import DiffusionModel
 
 CHECKPOINT_NAME = "last.pt"
 

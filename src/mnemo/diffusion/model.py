@@ -143,7 +143,7 @@ class DiffusionModel:
     @classmethod
     def from_config(cls, config: ModelConfig, prompts: list[str], seed: int = 0) -> DiffusionModel:
         """A fresh, randomly initialised pixel-space model whose vocabulary covers `prompts`."""
-        from mnemo.prompts import build_tokenizer
+        from mnemo.data.prompts import build_tokenizer
 
         tokenizer = build_tokenizer(prompts, config.text_encoder.max_length)
         torch.manual_seed(seed)
@@ -238,7 +238,7 @@ class DiffusionModel:
         return self
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
-        from mnemo.prompts import tokenize
+        from mnemo.data.prompts import tokenize
 
         return tokenize(self.tokenizer, prompts, self.max_length).to(self.device)
 

@@ -1,0 +1,1 @@
+"""Tables (DuckDB SQL over the stages' Parquet files) and matplotlib figures for the report."""
