@@ -2,6 +2,7 @@
 
 from mnemo.config import variant_train_config
 from mnemo.dependencies import library_files
+from mnemo.mitigate.kinds import NEURON_MITIGATIONS
 
 R = config["results"]
 
@@ -97,9 +98,6 @@ def all_targets():
     histograms = [f"{R}/localize/{v}/neurons_per_{what}.png" for v in localized_variants()
                   for what in ("layer", "prompt")]
     return [f"{R}/tables/summary.md", *losses, *histograms]
-
-
-NEURON_MITIGATIONS = ("nemo", "nemo_global", "random")
 
 
 def localized_variants():

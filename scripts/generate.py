@@ -1,6 +1,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mnemo.detect.names import wen_n_of, wen_reference_detector
 from mnemo.diffusion.sample import (
     generate,
     plan_requests,
@@ -25,7 +26,9 @@ with job(snakemake) as log:
     if hasattr(snakemake.input, "scores"):
         scores = pq.read_table(snakemake.input.scores).to_pylist()
         extra["flagged"] = {r["prompt_id"] for r in scores if r["nemo_flagged"]}
-        reference = sorted(r["wen_first_n1"] for r in scores if r["reference"])
+        # the smallest n of the detect.wen_n the scores were written with (n = 1 by default)
+        target = wen_reference_detector(wen_n_of(scores[0] if scores else ()))
+        reference = sorted(r[target] for r in scores if r["reference"])
         extra["reference_magnitude"] = reference[len(reference) // 2]
     mitigation, info = build_mitigation(
         name, snakemake.params.mitigation, model, blocks=snakemake.params.blocks, prompt_ids=ids, prompts=texts,

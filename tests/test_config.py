@@ -23,7 +23,7 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
     del config["prompts"]
     validated = validate(config, SCHEMA)
     assert {key: validated["prompts"][key] for key in ("other", "heldout", "seed")} == {
-        "other": 24, "heldout": 8, "seed": 0}
+        "other": 16, "heldout": 8, "seed": 0}
     assert validated["prompts"]["originals"] is None
     assert validated["resources"]["gpu"] == 0
 
@@ -50,6 +50,7 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
         (lambda c: c["localize"].update(signal="attention"), "localize.signal"),
         (lambda c: c["localize"].update(score="cosine"), "localize.score"),
         (lambda c: c["localize"].update(signal_step=25), "localize.signal_step"),  # detect.steps is 25
+        (lambda c: c["report"].update(grid_detector="wen_first_n2"), "report.grid_detector"),  # wen_n [1, 4]
     ],
 )
 def test_bad_values_name_the_key(config, edit, key):
@@ -58,3 +59,27 @@ def test_bad_values_name_the_key(config, edit, key):
     with pytest.raises(ConfigError) as info:
         validate(bad, SCHEMA)
     assert key in str(info.value), str(info.value)
+
+
+def test_detector_names_follow_wen_n(config):
+    config["detect"].update(wen_n=[1, 2, 3], generations=3)
+    config["report"].update(grid_detector="wen_all_n3")
+    validate(config, SCHEMA)
+    config["report"].update(grid_detector="wen_first_n4")
+    with pytest.raises(ConfigError, match="report.grid_detector"):
+        validate(config, SCHEMA)
+
+
+def test_mitigation_kinds_of_schema_and_library_agree(config):
+    from mnemo.mitigate.kinds import MITIGATION_KINDS, NEURON_MITIGATIONS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    branches = schema["properties"]["mitigations"]["additionalProperties"]["oneOf"]
+    assert tuple(b["properties"]["kind"]["const"] for b in branches) == MITIGATION_KINDS
+    assert set(NEURON_MITIGATIONS) < set(MITIGATION_KINDS)
+    # a kind the schema would accept but the library does not implement stops the run too
+    schema["properties"]["mitigations"]["additionalProperties"]["oneOf"].append(
+        {"properties": {"kind": {"const": "novel"}}, "additionalProperties": False})
+    config["mitigations"]["novel"] = {"kind": "novel"}
+    with pytest.raises(ConfigError, match="mitigations.novel.kind"):
+        validate(config, schema)

@@ -133,3 +133,27 @@ def test_detection_is_validated_against_planted_any_and_own_replication():
                                                           pa.array([None] * 8, pa.float64())), 0.85)
     truths = {r["truth"] for r in detection_metrics(scores, no_sources, "cfg", ["wen_first_n1"]).to_pylist()}
     assert truths == {"planted", "replicated"}
+
+
+def test_validation_reports_every_n_of_wen_n():
+    import pyarrow as pa
+
+    from mnemo.detect.names import detector_names, wen_n_of, wen_reference_detector
+    from mnemo.detect.validation import detection_metrics, replication_by_prompt
+
+    wen_n = (1, 2, 3)
+    magnitudes = torch.rand(6, 3, 5, generator=torch.Generator().manual_seed(0))
+    columns = {name: values.tolist() for name, values in summarize_wen(magnitudes, wen_n).items()}
+    ids = [f"p{i}" for i in range(6)]
+    scores = pa.table({"prompt_id": ids, "memorized_truth": [True, True, False, False, False, True],
+                       **columns, "nemo_max_ssim": [0.1 * i for i in range(6)],
+                       "nemo_mean_ssim": [0.05 * i for i in range(6)]})
+    assert wen_n_of(scores.column_names) == wen_n
+    assert set(scores.column_names) - {"prompt_id", "memorized_truth"} == set(detector_names(wen_n))
+    assert wen_reference_detector(wen_n) == "wen_first_n1" and wen_reference_detector([4, 2]) == "wen_first_n2"
+    matches = pa.Table.from_pylist([{"prompt_id": p, "max_similarity": 0.5 + 0.08 * i, "max_source_similarity": None}
+                                    for i, p in enumerate(ids)])
+    rows = detection_metrics(scores, replication_by_prompt(matches, 0.8), "cfg").to_pylist()
+    assert {r["detector"] for r in rows} == set(detector_names(wen_n))
+    assert {(r["n"], r["steps"]) for r in rows if r["detector"].startswith("wen_")} == {
+        (n, steps) for n in wen_n for steps in ("first", "all")}

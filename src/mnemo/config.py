@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from mnemo.detect.names import detector_names
+from mnemo.mitigate.kinds import MITIGATION_KINDS
+
 
 class ConfigError(ValueError):
     """A config value is wrong; the message starts with the key."""
@@ -159,9 +162,12 @@ def check(config: Mapping[str, Any]) -> None:
                     f"config key 'variants.{name}.mitigations': '{mitigation}' is not defined under "
                     f"'mitigations' (defined: {', '.join(mitigations)})"
                 )
+    for name, mitigation in mitigations.items():
+        if mitigation.get("kind") not in MITIGATION_KINDS:  # the schema and the library disagree
+            raise ConfigError(f"config key 'mitigations.{name}.kind': {mitigation.get('kind')!r} is not a "
+                              f"mitigation kind of this library (one of {', '.join(MITIGATION_KINDS)})")
     detect = config.get("detect", {})
-    detectors = [f"wen_{s}_n{n}" for n in detect.get("wen_n", []) for s in ("first", "all")]
-    detectors += ["nemo_max_ssim", "nemo_mean_ssim"]
+    detectors = detector_names(detect.get("wen_n", []))
     grid = config.get("report", {}).get("grid_detector")
     if grid and grid not in detectors:
         raise ConfigError(f"config key 'report.grid_detector': '{grid}' is not a detector of this config "

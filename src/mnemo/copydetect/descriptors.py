@@ -12,7 +12,6 @@ from other patients' images on held-out data and picks the threshold at a fixed 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnemo.copydetect.augment import copy_edit, strong_augment
+from mnemo.nn import (
+    ShuffledBatches,
+    adamw_warmup_cosine,
+    as_uint8,
+    group_norm,
+    resize,
+    to_channels,
+    unit_float,
+)
 
 __all__ = [
     "CopyDetectNet",
@@ -64,35 +72,6 @@ class Descriptor(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
-
-
-def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [0, 1]; floats are accepted only if already in [0, 1]."""
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if images.is_floating_point():
-        if images.numel() and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
-            raise ValueError("float images must lie in [0, 1]; pass uint8 for [0, 255] data")
-        return images.float()
-    raise TypeError(f"expected uint8 (or float in [0, 1]) images, got {images.dtype}")
-
-
-def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    if x.shape[1] == channels:
-        return x
-    if channels == 1:
-        return x.mean(dim=1, keepdim=True)
-    if x.shape[1] == 1:
-        return x.expand(-1, channels, -1, -1)
-    raise ValueError(f"cannot map {x.shape[1]} channels to {channels}")
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def _batched(
@@ -135,7 +114,7 @@ class PixelDescriptor:
         self.device = torch.device(device)
 
     def _embed_batch(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_channels(_to_unit_float(images.to(self.device)), 1).double()
+        x = to_channels(unit_float(images.to(self.device)), 1).double()
         x = F.interpolate(x, size=(self.size, self.size), mode="area").flatten(1)
         x = x - x.mean(dim=1, keepdim=True)
         return (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
@@ -190,15 +169,15 @@ class SSCDDescriptor:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> the normalised 3-channel tensor the scripted model sees."""
-        x = _to_channels(_to_unit_float(images.to(self.device)), 3)
+        x = to_channels(unit_float(images.to(self.device)), 3)
         if self.preprocessing == "nemo":
-            x = _resize(x, (320, 320))
+            x = resize(x, (320, 320))
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:
             h, w = x.shape[-2:]
             short, long = (h, w) if h <= w else (w, h)
             new_long = int(256 * long / short)  # torchvision Resize(256) rounding
-            x = _resize(x, (256, new_long) if h <= w else (new_long, 256))
+            x = resize(x, (256, new_long) if h <= w else (new_long, 256))
             h, w = x.shape[-2:]
             top, left = round((h - 224) / 2), round((w - 224) / 2)
             x = x[..., top : top + 224, left : left + 224]
@@ -222,23 +201,19 @@ class SSCDDescriptor:
 # in-house copy-detection net
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
 class _Block(nn.Module):
     """Residual basic block; GroupNorm keeps embeddings independent of batch composition."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm1 = _group_norm(cout)
+        self.norm1 = group_norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.norm2 = _group_norm(cout)
+        self.norm2 = group_norm(cout)
         self.skip: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.skip = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), _group_norm(cout)
+                nn.Conv2d(cin, cout, 1, stride, bias=False), group_norm(cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +276,7 @@ class CopyDetectNet(nn.Module):
         self.training_metadata: dict[str, Any] | None = None
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False),
-            _group_norm(channels[0]),
+            group_norm(channels[0]),
             nn.ReLU(),
         )
         blocks, prev = [], channels[0]
@@ -321,8 +296,8 @@ class CopyDetectNet(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
-        x = _to_channels(x.float(), self.in_channels)
-        x = _resize(x, (self.input_size, self.input_size))
+        x = to_channels(x.float(), self.in_channels)
+        x = resize(x, (self.input_size, self.input_size))
         return (x - 0.5) / 0.25
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,7 +314,7 @@ class CopyDetectNet(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                return _batched(lambda b: self(_to_unit_float(b.to(device))), images, batch_size)
+                return _batched(lambda b: self(unit_float(b.to(device))), images, batch_size)
         finally:
             self.train(was_training)
 
@@ -466,8 +441,8 @@ def koleo(z: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _prepare_training_images(images: torch.Tensor, cfg: CopyDetectTrainConfig) -> torch.Tensor:
-    x = _to_channels(_to_unit_float(images), cfg.in_channels)
-    return _resize(x, (cfg.input_size, cfg.input_size)).clamp(0.0, 1.0)
+    x = to_channels(unit_float(images), cfg.in_channels)
+    return resize(x, (cfg.input_size, cfg.input_size)).clamp(0.0, 1.0)
 
 
 def train_copydetect(
@@ -490,7 +465,6 @@ def train_copydetect(
     n = images.shape[0]
     if n < 2:
         raise ValueError("train_copydetect needs at least 2 images")
-    bsz = min(cfg.batch_size, n)
     base = _prepare_training_images(images, cfg).to(dev)
     # byte-identical images (planted duplicates) share a group: never used as each other's negatives
     _, dup_group = torch.unique(images.reshape(n, -1), dim=0, return_inverse=True)
@@ -502,23 +476,7 @@ def train_copydetect(
             cfg.channels, cfg.dim, cfg.input_size, cfg.in_channels, cfg.gem_p, cfg.learn_p
         ).to(dev)
     gen = torch.Generator().manual_seed(seed)
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-
-    def lr_factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = adamw_warmup_cosine(net, cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_steps)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a declared dependency
@@ -527,15 +485,11 @@ def train_copydetect(
     steps = range(cfg.steps)
     bar = tqdm(steps, desc="copydetect", disable=not cfg.progress) if tqdm else steps
     history: list[dict[str, Any]] = []
-    order = torch.randperm(n, generator=gen)
-    cursor = 0
+    batches = ShuffledBatches(n, cfg.batch_size, gen)
     net.train()
     t0 = time.perf_counter()
     for step in bar:
-        if cursor + bsz > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor : cursor + bsz].to(dev)
-        cursor += bsz
+        idx = next(batches).to(dev)
         xb = base[idx]
         views = torch.cat(
             [
@@ -626,9 +580,9 @@ def calibrate(
         scode_t = None
 
     gen = torch.Generator().manual_seed(seed)
-    x = _to_unit_float(images)
-    edited = (copy_edit(x, gen) * 255.0).round().clamp(0, 255).to(torch.uint8)
-    ref = descriptor.embed(images if images.dtype == torch.uint8 else _as_uint8(x), batch_size)
+    x = unit_float(images)
+    edited = as_uint8(copy_edit(x, gen))
+    ref = descriptor.embed(images if images.dtype == torch.uint8 else as_uint8(x), batch_size)
     qry = descriptor.embed(edited, batch_size)
 
     positives = (qry * ref).sum(dim=1)
@@ -683,10 +637,6 @@ def calibrate(
         "same_patient_p95": _quantile(same, 0.95),
         "same_patient_frac_above": same_above,
     }
-
-
-def _as_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ GROUPS = ("planted", "other", "heldout")
 
 @dataclass
 class PromptSetConfig:
-    other: int = 24
+    other: int = 16
     heldout: int = 8
     seed: int = 0
 

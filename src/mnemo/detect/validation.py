@@ -16,8 +16,11 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from mnemo.detect import metrics
+from mnemo.detect.config import DetectConfig
+from mnemo.detect.names import detector_names, wen_n_of
 
-DETECTORS = ("wen_first_n1", "wen_first_n4", "wen_all_n1", "wen_all_n4", "nemo_max_ssim", "nemo_mean_ssim")
+# The detectors of the default `detect.wen_n`; a scores table's own are detector_names(wen_n_of(columns)).
+DETECTORS = detector_names(DetectConfig().wen_n)
 
 
 def replication_by_prompt(prompt_rows: pa.Table, threshold: float) -> dict[str, dict]:
@@ -42,8 +45,11 @@ def measures_own_images(replication: dict[str, dict]) -> bool:
 
 
 def detection_metrics(scores: pa.Table, replication: dict[str, dict], variant: str,
-                      detectors: Sequence[str] = DETECTORS, fpr: float = 0.01) -> pa.Table:
-    """One row per (detector, ground truth)."""
+                      detectors: Sequence[str] | None = None, fpr: float = 0.01) -> pa.Table:
+    """One row per (detector, ground truth); by default for every detector the scores were
+    written with (Wen's for each n of the detect.wen_n they were computed for, and NeMo's)."""
+    if detectors is None:
+        detectors = detector_names(wen_n_of(scores.column_names))
     rows = scores.to_pylist()
     present = [d for d in detectors if d in scores.column_names]
     measured = [r for r in rows if r["prompt_id"] in replication]

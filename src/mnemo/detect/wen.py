@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from mnemo.detect.config import DetectConfig
+from mnemo.detect.names import wen_detector
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.diffusion.sample import (
     batch_slices,
@@ -50,8 +51,8 @@ def summarize_wen(magnitudes: torch.Tensor, ns: Sequence[int]) -> dict[str, torc
     """Per prompt: first-step and all-step means over the first n generations, for each n."""
     columns = {}
     for n in ns:
-        columns[f"wen_first_n{n}"] = magnitudes[:, :n, 0].mean(dim=1)
-        columns[f"wen_all_n{n}"] = magnitudes[:, :n, :].mean(dim=(1, 2))
+        columns[wen_detector(n, "first")] = magnitudes[:, :n, 0].mean(dim=1)
+        columns[wen_detector(n, "all")] = magnitudes[:, :n, :].mean(dim=(1, 2))
     return columns
 
 

@@ -31,6 +31,14 @@ from torch import nn
 
 from mnemo.data import chexpert
 from mnemo.detect.metrics import roc_auc
+from mnemo.nn import (
+    ShuffledBatches,
+    adamw_warmup_cosine,
+    group_norm,
+    resize,
+    to_channels,
+    unit_float,
+)
 
 __all__ = [
     "ATTRIBUTES",
@@ -152,25 +160,10 @@ def targets_from_prompts(
 # classifier
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _group_norm(cout), nn.ReLU()
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), group_norm(cout), nn.ReLU()
     )
-
-
-def _unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] (N, C, H, W) -> float32 [0, 1]."""
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if images.is_floating_point():
-        return images.float()
-    raise TypeError(f"expected uint8 (or float in [0, 1]) images, got {images.dtype}")
 
 
 class LabelClassifier(nn.Module):
@@ -221,20 +214,7 @@ class LabelClassifier(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 / [0, 1] float images -> normalised float (N, in_channels, size, size)."""
-        x = _unit_float(images)
-        if x.shape[1] != self.in_channels:
-            if self.in_channels == 1:
-                x = x.mean(dim=1, keepdim=True)
-            elif x.shape[1] == 1:
-                x = x.expand(-1, self.in_channels, -1, -1)
-            else:
-                raise ValueError(f"cannot map {x.shape[1]} channels to {self.in_channels}")
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear",
-                antialias=True, align_corners=False,
-            )
-        return x
+        return resize(to_channels(unit_float(images), self.in_channels), (self.input_size, self.input_size))
 
     def forward_prepared(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from already `prepare`d (and possibly augmented) [0, 1] images."""
@@ -300,7 +280,7 @@ class ClassifierTrainConfig:
     input_size: int = 64
     dropout: float = 0.1
     stem_stride: int = 2
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -374,7 +354,6 @@ def train_classifier(
         raise ValueError("train_classifier needs at least one image")
     if not bool(known.any()):
         raise ValueError("train_classifier: no known target at all")
-    bsz = min(cfg.batch_size, n)
     targets = targets.float()
     known = known.bool()
 
@@ -385,37 +364,18 @@ def train_classifier(
         )
     model.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-
-    def lr_factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = adamw_warmup_cosine(model, cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_steps)
     from tqdm.auto import tqdm
 
     bar = tqdm(range(cfg.steps), desc="label-classifier", disable=not cfg.progress)
     history: list[dict[str, Any]] = []
-    order, cursor = torch.randperm(n, generator=gen), 0
+    batches = ShuffledBatches(n, cfg.batch_size, gen)
     model.train()
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)  # dropout draws from the global generator
         for step in bar:
-            if cursor + bsz > n:
-                order, cursor = torch.randperm(n, generator=gen), 0
-            idx = order[cursor : cursor + bsz]
-            cursor += bsz
+            idx = next(batches)
             x = model.prepare(images[idx].to(dev))
             x = light_augment(x, gen, cfg.shift, cfg.noise)
             loss = masked_bce(model.forward_prepared(x), targets[idx].to(dev), known[idx].to(dev))
@@ -710,7 +670,7 @@ class FeatureExtractor(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
-        return self.net.features(_unit_float(images.to(device))).float()
+        return self.net.features(unit_float(images.to(device))).float()
 
 
 class FrechetResult(NamedTuple):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mnemo.diffusion.model import DiffusionModel
+from mnemo.mitigate.kinds import MITIGATION_KINDS, NEURON_MITIGATIONS
 from mnemo.mitigate.wen_embedding import WenEmbeddingConfig, optimize_prompt_embeddings
 from mnemo.nemo.blocking import (
     DEFAULT_BLOCKS,
@@ -120,7 +121,7 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
     kind = settings.get("kind", name)
     if kind == "none":
         return NoMitigation(), []
-    if kind in ("nemo", "nemo_global", "random"):
+    if kind in NEURON_MITIGATIONS:
         if localized is None:
             raise ValueError(f"mitigation {name!r} needs the localize stage's neurons")
         layers = value_layers(model.unet, blocks)
@@ -152,5 +153,6 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
         embeddings = {prompt_ids[i]: r.pop("embedding") for i, r in zip(chosen, optimized, strict=True)}
         info = [{"prompt_id": prompt_ids[i], **r} for i, r in zip(chosen, optimized, strict=True)]
         return EmbeddingMitigation(name, embeddings), info
-    raise ValueError(f"config key 'mitigations.{name}.kind': unknown mitigation kind {kind!r}")
+    raise ValueError(f"config key 'mitigations.{name}.kind': unknown mitigation kind {kind!r} "
+                     f"(one of {', '.join(MITIGATION_KINDS)})")
 
