@@ -316,9 +316,37 @@ def test_each_finding_has_its_own_visible_effect(view):
             assert np.corrcoef(diffs[a], diffs[b])[0, 1] < 0.95, (a, b)
 
 
-def test_previews_write_pngs(tmp_path):
+def _png_tiles(path: Path, cols: int, n_tiles: int, size: int, pad: int) -> list[np.ndarray]:
+    """The tiles of a preview sheet, after checking its format, size and black gaps."""
     from PIL import Image
 
-    grid = P.preview_grid(tmp_path / "grid.png", n=4, seed=1, size=64)
-    per = P.findings_grid(tmp_path / "findings.png", seed=1, size=64)
-    assert Image.open(grid).size[0] > 64 and Image.open(per).size[0] > 7 * 64
+    with Image.open(path) as im:
+        assert (im.format, im.mode) == ("PNG", "L")
+        rows = -(-n_tiles // cols)
+        assert im.size == (cols * (size + pad) + pad, rows * (size + pad) + pad)
+        sheet = np.asarray(im).astype(np.int16)
+    tiles = []
+    for k in range(n_tiles):
+        y0, x0 = pad + (k // cols) * (size + pad), pad + (k % cols) * (size + pad)
+        assert not sheet[y0 - pad : y0, x0 : x0 + size].any()  # the gap above a tile is black
+        tiles.append(sheet[y0 : y0 + size, x0 : x0 + size])
+    return tiles
+
+
+def test_previews_write_pngs(tmp_path):
+    size, pad = 64, 2  # tiles are separated (and framed) by black gaps of `pad` pixels
+    grid = P.preview_grid(tmp_path / "grid.png", n=4, seed=1, size=size)
+    per = P.findings_grid(tmp_path / "findings.png", seed=1, size=size)
+    studies = _png_tiles(grid, 2, 4, size, pad)
+    findings = _png_tiles(per, 7, len(OBSERVATIONS), size, pad)
+    for tiles in (studies, findings):
+        for t in tiles:
+            assert t.std() > 20 and t.max() - t.min() > 100  # a radiograph, not a flat field
+        for a in range(len(tiles)):  # different studies (or findings) give different tiles
+            for b in range(a + 1, len(tiles)):
+                assert np.abs(tiles[a] - tiles[b]).max() > 8, (a, b)
+    # the findings sheet shows one patient and study: its tiles differ only where a finding
+    # is drawn, far less than the random studies of the other sheet differ from each other
+    same = np.mean([np.abs(t - findings[0]).mean() for t in findings[1:]])
+    other = np.mean([np.abs(a - b).mean() for i, a in enumerate(studies) for b in studies[i + 1:]])
+    assert same < 0.5 * other, (same, other)
