@@ -76,10 +76,7 @@ TABLE: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 
 # Known disagreements in code being restructured elsewhere (src/mnemo/phantoms, src/mnemo/nemo):
 # (class, field) -> reason. strict: fixing the dataclass makes the case fail until it is removed here.
-KNOWN_MISMATCHES: dict[tuple[str, str], str] = {
-    ("PhantomConfig", "patients"): "PhantomConfig.patients is 300, the schema (= the demo) 200",
-    ("PhantomConfig", "planted_copies"): "PhantomConfig.planted_copies is 12, the schema (= the demo) 24",
-}
+KNOWN_MISMATCHES: dict[tuple[str, str], str] = {}
 
 # config.yaml keys whose value departs from the schema default on purpose, and why.
 DEMO_DEPARTURES = {

@@ -27,14 +27,14 @@ class PhantomConfig:
     """Everything that determines the bytes of a phantom data set (worker count does not)."""
 
     seed: int = 0
-    patients: int = 300
+    patients: int = 200
     valid_patients: int = 20
     studies_per_patient: tuple[int, int] = (1, 3)
     lateral_fraction: float = 0.25
     size: int = 256
     monochrome1_fraction: float = 0.1
     planted_studies: int = 8
-    planted_copies: int = 12
+    planted_copies: int = 24
     near_duplicate_noise: float = 0.0
     near_duplicate_shift: int = 0
     bits_stored: int = 12
