@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.nemo.blocking import value_layers
-from mnemo.nemo.localize import LocalizeConfig, Localizer, reference_statistics, search_threshold
+from mnemo.nemo.localize import LocalizeConfig, Localizer, search_threshold
+from mnemo.nemo.selection import reference_statistics
 
 PROMPTS = ["a painting of the great wave", "the mona lisa by leonardo", "portrait of a man in a hat",
            "living room with a grey sofa", "a cat on a mat", "mountains at sunset"]

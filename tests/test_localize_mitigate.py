@@ -15,15 +15,11 @@ from mnemo.nemo.blocking import (
     value_activations,
     value_layers,
 )
-from mnemo.nemo.localize import (
-    LocalizeConfig,
-    Localizer,
-    ReferenceStats,
-    projection,
-    reference_statistics,
-    speculation_tree,
-)
+from mnemo.nemo.localize import LocalizeConfig, Localizer
+from mnemo.nemo.refinement import speculation_tree
 from mnemo.nemo.sample_check import SampleCheckConfig
+from mnemo.nemo.selection import ReferenceStats, reference_statistics
+from mnemo.nemo.signal import projection
 from tests.conftest import TINY_PROMPTS
 
 
@@ -148,10 +144,10 @@ def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0
         calls.append(len(sets))
         return oracle(state, sets)
 
-    monkeypatch.setattr(localizer, "scores", scores)
+    monkeypatch.setattr(localizer.refinement, "scores", scores)
     monkeypatch.setattr(localizer, "tau", 0.5)
     # memorized by construction: every unblocked sample is above tau
-    monkeypatch.setattr("mnemo.nemo.localize.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
+    monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
     return localizer.localize("p", TINY_PROMPTS[0]), calls
 
 
@@ -265,13 +261,13 @@ def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step, score):
     sets[1][:5] = True
     sets[2][20:40] = True
     sets[3][::3] = True
-    from mnemo.nemo.localize import _PromptState
+    from mnemo.nemo.refinement import _PromptState
 
     def score_all(mode):
         localizer = Localizer(tiny_model, layers, stats, tau=0.5,
                               config=LocalizeConfig(mode=mode, steps=3, signal=signal, signal_step=step,
                                                     score=score, batch_size=8), reference_prompts=TINY_PROMPTS[1:])
-        state = _PromptState(x, embeds, localizer._prepare(localizer.raw_signal(x, embeds, None)))
+        state = _PromptState(x, embeds, localizer.signal.prepare(localizer.raw_signal(x, embeds, None)))
         if mode == "batched":
             return localizer.scores(state, sets)
         return torch.cat([localizer.scores(state, [s]) for s in sets])
@@ -352,7 +348,7 @@ def test_projection_sees_magnitude_and_blocking():
 def test_projection_score_and_its_per_prompt_threshold(tiny_model):
     """Blocking every value neuron leaves none of the guidance direction (score 0), factor 1 all of it;
     tau is mean + 1 std of the reference prompts' projections from the same latents."""
-    from mnemo.nemo.localize import _PromptState
+    from mnemo.nemo.refinement import _PromptState
     from mnemo.nemo.signal import memorization_threshold
 
     layers = value_layers(tiny_model.unet, ("down", "mid", "up"))

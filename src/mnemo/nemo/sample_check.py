@@ -1,28 +1,26 @@
 """Checking a neuron set against what it has to change: the samples.
 
 NeMo's refinement prunes a neuron set until the search signal, read at one step, reaches its
-threshold. Where memorization is spread over many neurons (the demo model), the pruned set can
-satisfy the signal and still reproduce the image at sampling time: measured on the demo, the
-refined sets leave the median planted sample above the copy threshold for 6 of 8 prompts while
-the wider sets the pruning started from do not.
+threshold. Where memorization is spread over many neurons, a pruned set can satisfy the signal
+and still let the samples reproduce the image, while the wider sets the pruning started from do
+not: the signal at one step stands in for the samples, and the check asks the samples themselves.
 
 The check draws a few samples with the set blocked, at the guidance scale the mitigated samples
 are drawn at, from the same x_T as unblocked ones, and compares them with the copy-detection
 descriptor. It only applies when the unblocked samples reproduce one image (the median of each
 sample's best match among the others is at or above the copy threshold): otherwise there is no
 replica to remove, and the check would only measure how little a small set changes an ordinary
-sample. A set passes when its blocked samples no longer show that image: the `quantile` of
-their similarities to it is below the threshold (0.8 of 16: 13 samples below it). The search
-keeps the smallest set that passes, so it ends on sets that pass by a hair; on the demo, sets
-chosen with the median, or with 0.75 of 8 or 16 samples, left half of their samples copying
-on other seeds.
+sample. A set passes when its blocked samples no longer show that image: the `quantile` of their
+similarities to it is below the threshold. The quantile sits above the median because the search
+keeps the smallest set that passes, so it ends on sets that pass by a hair; a lenient rule would
+accept sets that leave many samples copying on other seeds.
 
 The image is what replication is measured against: the training images that any unblocked
 sample matches above the threshold, when the training descriptors are given (a blocked sample
 that drifts to another copy of the same image still copies it), else the unblocked samples'
-consensus, their normalised mean descriptor. The consensus alone is lenient: on the demo a set
-whose blocked samples sat at median 0.78 from the consensus sat at 0.88 from the training image
-they copy (the consensus averages the copies' distortions away from the image itself).
+consensus, their normalised mean descriptor. The consensus alone is lenient: it averages the
+copies' distortions away from the image itself, so a blocked sample can sit well below the
+threshold from the consensus and still above it from the training image it copies.
 
 The pruning visits a chain of ever smaller sets that all pass the signal; `smallest_passing`
 finds the smallest one the samples accept with a k-ary search, each round drawing all its

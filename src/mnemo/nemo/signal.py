@@ -1,15 +1,40 @@
 """NeMo's memorization signal: the noise difference eps(x_T, t, y) - x_T on the initial
 noise, min-max normalised, compared by multi-scale SSIM; tau from reference prompts.
+
+The localization search compares a *search signal* (`SearchSignal`), blocked against unblocked.
+`noise_difference` is the paper's, eps(x_T) - x_T at the first step. `guidance_direction`
+compares eps_cond - eps_uncond instead (Wen et al.'s text-conditional prediction, both halves
+blocked): the part of the prediction that the cross-attention values can change at all. Where
+every prompt's first-step noise difference shares one structure (a pixel-space model of one
+anatomy), blocking cannot move the paper's signal, so the search could never succeed; the guidance
+direction goes to exactly zero when every value neuron is blocked. `signal_step` reads the signal
+k DDIM steps in (the blocked model drawing those steps), for models whose first step decides
+little of the image; it costs k more UNet calls per candidate test. Which samples count as
+memorized is always decided with the paper's signal and the detection threshold; a blocked set is
+judged against a threshold of the search signal, mean + 1 std of its pairwise scores on the
+reference prompts, as NeMo derives tau.
+
+`score` is how blocked and unblocked signals are compared. `ms_ssim` is the paper's: shape only,
+so a direction blocked to half its strength still scores high. `projection` measures how much of
+the unblocked direction is left, <blocked, unblocked> / |unblocked|^2, and passes a set when that
+is no more than ordinary prompts carry: its tau is mean + 1 std of the reference prompts'
+projections (same latents, same step) onto the prompt's unblocked signal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Protocol
 
 import torch
 
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.diffusion.sample import batch_slices, ddim_scheduler, initial_noise
+from mnemo.nemo.blocking import NeuronBlocker, ValueLayer
+
+SIGNALS = ("noise_difference", "guidance_direction")
+SCORES = ("ms_ssim", "projection")
 
 
 @torch.no_grad()
@@ -94,3 +119,156 @@ def memorization_threshold(reference_pairwise: torch.Tensor) -> float:
     values = reference_pairwise.flatten().double()
     return float(values.mean() + values.std())
 
+
+# ---------------------------------------------------------------------------------------------
+# The search signal: what a candidate neuron set is tested on
+# ---------------------------------------------------------------------------------------------
+
+def projection(blocked: torch.Tensor, unblocked: torch.Tensor) -> torch.Tensor:
+    """Per sample, <blocked, unblocked> / |unblocked|^2: how much of the unblocked signal is left.
+
+    Unlike MS-SSIM of min-max normalised maps it sees magnitude: a direction that keeps its
+    shape at half the strength scores 0.5, and blocking every neuron that writes it scores 0.
+    """
+    b, u = blocked.flatten(1).double(), unblocked.flatten(1).double()
+    return ((b * u).sum(1) / (u * u).sum(1).clamp_min(1e-30)).float()
+
+
+class SignalSettings(Protocol):
+    """What the search signal reads of a search configuration (`LocalizeConfig` has it all)."""
+
+    signal: str
+    signal_step: int
+    score: str
+    steps: int
+    batch_size: int
+    factor: float
+    kernel_size: int | str
+    betas: tuple[float, ...]
+
+
+class SearchSignal:
+    """The search signal and score of one model, shared by every prompt and search mode.
+
+    `reference` holds the reference (non-memorized) prompts' embeddings, encoded once by the
+    caller: the projection score derives its per-prompt threshold from them.
+    """
+
+    def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], settings: SignalSettings,
+                 reference: torch.Tensor | None = None):
+        if settings.score == "projection" and (reference is None or not len(reference)):
+            raise ValueError("config key 'localize.score': projection needs reference (non-memorized) prompts")
+        self.model = model
+        self.layers = list(layers)
+        self.settings = settings
+        self.reference = reference
+        self._empty = None
+        if settings.signal == "guidance_direction":
+            with torch.no_grad():
+                self._empty = model.encode_prompts([""])
+        self.scheduler = ddim_scheduler(model, settings.steps)
+        if not 0 <= settings.signal_step < len(self.scheduler.timesteps):
+            raise ValueError(f"config key 'localize.signal_step': {settings.signal_step} is not a step of the "
+                             f"{len(self.scheduler.timesteps)}-step DDIM schedule")
+        self.kernel = ssim_kernel_size(min(model.sample_shape[1:]), settings.betas, settings.kernel_size)
+
+    @property
+    def rows_per_sample(self) -> int:
+        """UNet batch rows one sample's signal takes: both guidance halves for the guidance direction."""
+        return 2 if self.settings.signal == "guidance_direction" else 1
+
+    def maps(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None,
+             signal: str | None = None, step: int | None = None) -> torch.Tensor:
+        """Min-max normalised signal maps (what MS-SSIM compares); see `raw`."""
+        return normalize_maps(self.raw(latents, cond, masks, signal, step))
+
+    def raw(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None,
+            signal: str | None = None, step: int | None = None) -> torch.Tensor:
+        """Signal maps for latents (B, ...) at a DDIM step, optional per-sample masks.
+
+        `cond` is one prompt's embedding (1, tokens, dim) or one per latent. At step k > 0 the
+        samples first follow k conditional DDIM steps with the same neurons blocked (one UNet
+        call each), so the signal is read where the blocked sampler would be; the signal's call
+        then runs both halves for the guidance direction, each sample's mask applied to both.
+        """
+        settings = self.settings
+        signal = signal or settings.signal
+        step = settings.signal_step if step is None else step
+        guided = signal == "guidance_direction"
+        size = max(1, settings.batch_size // 2) if guided else settings.batch_size
+        timesteps = self.scheduler.timesteps
+        out = []
+        for begin in range(0, len(latents), size):
+            x = latents[begin:begin + size]
+            embeds = cond.expand(len(x), -1, -1) if len(cond) == 1 else cond[begin:begin + size]
+            blocker = (nullcontext() if masks is None
+                       else NeuronBlocker(self.layers, masks[begin:begin + size], settings.factor))
+            with torch.no_grad(), blocker:
+                for t in timesteps[:step]:
+                    eps = self.model.unet(x, t, encoder_hidden_states=embeds).sample
+                    x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+                if guided:
+                    both = self.model.unet(torch.cat([x, x]), timesteps[step],
+                                           encoder_hidden_states=torch.cat([self._empty.expand(len(x), -1, -1), embeds]))
+                    eps_uncond, eps_cond = both.sample.chunk(2)
+                    maps = eps_cond - eps_uncond
+                else:
+                    maps = self.model.unet(x, timesteps[step], encoder_hidden_states=embeds).sample - x
+            out.append(maps.float())
+        return torch.cat(out)
+
+    def ssim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ms_ssim(a, b, self.kernel, self.settings.betas)
+
+    def memorization(self, latents: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's normalised first-step noise differences and each sample's highest MS-SSIM to
+        another: which samples are memorized is decided on the detection signal, whatever the
+        search compares."""
+        deltas = self.maps(latents, cond, None, "noise_difference", 0)
+        n = len(latents)
+        pairs = torch.combinations(torch.arange(n), r=2)
+        pairwise = self.ssim(deltas[pairs[:, 0]], deltas[pairs[:, 1]])
+        return deltas, per_sample_max(pairwise[None], pairs, n)[0]
+
+    def prepare(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw signal maps in the form the score compares: normalised for MS-SSIM."""
+        return normalize_maps(maps) if self.settings.score == "ms_ssim" else maps
+
+    def compare(self, unblocked: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """Per-sample score of blocked maps against the unblocked ones (both `prepare`d)."""
+        if self.settings.score == "ms_ssim":
+            return self.ssim(unblocked, blocked)
+        return projection(blocked, unblocked)
+
+    def scores(self, latents: torch.Tensor, cond: torch.Tensor, unblocked: torch.Tensor,
+               sets: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Blocked score of each neuron set, all sets in one pass: the max over the samples of the
+        per-sample score, since a set removes the memorization only if it does so for every sample."""
+        if not sets:
+            return torch.empty(0)
+        k = len(latents)
+        masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
+        blocked = self.prepare(self.raw(latents.repeat(len(sets), *([1] * (latents.ndim - 1))), cond, masks))
+        reference = unblocked.repeat(len(sets), *([1] * (unblocked.ndim - 1)))
+        return self.compare(reference, blocked).view(len(sets), k).max(dim=1).values
+
+    def projection_threshold(self, latents: torch.Tensor, unblocked: torch.Tensor) -> float:
+        """tau of the projection score: mean + 1 std of the reference prompts' projections.
+
+        Each reference prompt's signal from the same latents, projected onto this prompt's
+        unblocked signal: how much of the memorized direction an ordinary prompt carries.
+        """
+        n, k = len(self.reference), len(latents)
+        latents = latents.repeat(n, *([1] * (latents.ndim - 1)))
+        maps = self.raw(latents, self.reference.repeat_interleave(k, dim=0), None)
+        return memorization_threshold(projection(maps, unblocked.repeat(n, *([1] * (unblocked.ndim - 1)))))
+
+    def reference_threshold(self, latents: Sequence[torch.Tensor], embeds: torch.Tensor) -> float:
+        """tau of the search signal for MS-SSIM: mean + 1 std of its pairwise scores on the
+        reference prompts (`embeds`, each with its own samples' `latents`), as NeMo derives tau."""
+        pairwise = []
+        for x, cond in zip(latents, embeds.split(1), strict=True):
+            maps = self.maps(x, cond, None)
+            pairs = torch.combinations(torch.arange(len(x)), r=2)
+            pairwise.append(self.ssim(maps[pairs[:, 0]], maps[pairs[:, 1]]))
+        return memorization_threshold(torch.cat(pairwise))

@@ -1,0 +1,73 @@
+"""NeMo's initial selection: value neurons whose activation on the prompt is out of distribution.
+
+A neuron is selected when its mean |value activation| on the prompt lies more than theta
+standard deviations from its mean over the reference (non-memorized) prompts, plus the top-k
+neurons of each layer by raw activation. Activations need no UNet pass: the value layers act on
+the prompt embedding alone. The search tries a schedule of ever wider selections, theta down and
+k up, until blocking one removes the memorization signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mnemo.diffusion.model import DiffusionModel
+from mnemo.nemo.blocking import ValueLayer, value_activations
+
+
+@dataclass
+class ReferenceStats:
+    """Per-neuron mean and std of mean |value activation| over non-memorized prompts."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    prompts: int
+
+
+def encode_prompts(model: DiffusionModel, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Prompt embeddings, `batch_size` prompts per text-encoder call, so that a run encodes its
+    reference prompts once for the statistics and the search thresholds alike."""
+    with torch.no_grad():
+        return torch.cat([model.encode_prompts(list(prompts[begin:begin + batch_size]))
+                          for begin in range(0, len(prompts), batch_size)])
+
+
+def reference_statistics(model: DiffusionModel, layers: Sequence[ValueLayer], prompts: Sequence[str] | torch.Tensor,
+                         batch_size: int = 256) -> ReferenceStats:
+    """Statistics of the reference prompts, given as text or as their embeddings (`encode_prompts`)."""
+    embeds = prompts if isinstance(prompts, torch.Tensor) else encode_prompts(model, prompts, batch_size)
+    with torch.no_grad():
+        rows = [value_activations(layers, embeds[begin:begin + batch_size])
+                for begin in range(0, len(embeds), batch_size)]
+    activations = torch.cat(rows).double()
+    return ReferenceStats(activations.mean(0), activations.std(0), len(embeds))
+
+
+def initial_candidates(stats: ReferenceStats, layers: Sequence[ValueLayer], activation: torch.Tensor,
+                       theta: float, top_k: int) -> torch.Tensor:
+    """OOD neurons (|a - mu| / sigma > theta) plus the top-k by raw activation, per layer."""
+    z = (activation - stats.mean).abs() / stats.std.clamp_min(1e-12)
+    mask = z > theta
+    if top_k > 0:
+        for layer in layers:
+            block = activation[layer.offset:layer.offset + layer.width]
+            top = torch.topk(block, min(top_k, layer.width)).indices + layer.offset
+            mask[top] = True
+    return mask
+
+
+def selection_schedule(layers: Sequence[ValueLayer], theta: float, theta_step: float, theta_min: float,
+                       top_k: int) -> list[tuple[float, int]]:
+    """(theta, k) pairs tried in order: theta down by a step to its floor, k up by one, until
+    either reaches its end."""
+    schedule = []
+    k = top_k
+    smallest = min(layer.width for layer in layers)
+    while True:
+        schedule.append((theta, k))
+        if theta <= theta_min + 1e-9 or k >= smallest:
+            return schedule
+        theta, k = max(theta - theta_step, theta_min), k + 1
