@@ -266,3 +266,21 @@ def replication_inputs(wildcards):
         "calibration": f"{R}/descriptors/{d0}/calibration.json",
         "cache": f"{R}/cache/train",
     }
+
+
+def contact_sheet_inputs(wildcards):
+    """What a sample set's contact sheet pairs its samples with: their nearest training images
+    (none on the Stable Diffusion track without originals: the sheet shows the samples alone)."""
+    if not has_reference_images():
+        return {}
+    return {
+        "matches": f"{R}/matches/{primary()}/{wildcards.variant}/{wildcards.mitigation}.parquet",
+        "cache": f"{R}/cache/train",
+        "calibration": f"{R}/descriptors/{primary()}/calibration.json",
+    }
+
+
+def report_figures(wildcards=None):
+    """The report's figures no other job reads; the tables list them, which brings them into the run."""
+    preview = [f"{R}/cache/train_preview.png"] if has_reference_images() else []
+    return preview + [f"{R}/samples/{v}/{m}_sheet.png" for v, m in sample_sets()]

@@ -114,3 +114,29 @@ else:
             runtime=60,
         script:
             "../scripts/cache_originals.py"
+
+
+# What the models train on, for the report: the training images of the prompts listed as memorized
+# (planted studies, or the originals of the prompt files' memorized prompts) and others at random.
+rule data_preview:
+    input:
+        code("data_preview"),
+        cache=f"{R}/cache/train",
+        summary=f"{R}/cache/train_summary.json",
+        prompts=f"{R}/prompts/prompts.parquet",
+    output:
+        report(
+            f"{R}/cache/train_preview.png",
+            caption="../report/data.rst",
+            category="1. Data",
+            labels={"figure": "training images"},
+        ),
+    conda:
+        "../envs/mnemo.yaml"
+    log:
+        f"{R}/logs/data_preview.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/data_preview.py"

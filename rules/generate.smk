@@ -10,12 +10,6 @@ rule generate:
     output:
         samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
         info=f"{R}/samples/{{variant}}/{{mitigation}}_info.parquet",
-        sheet=report(
-            f"{R}/samples/{{variant}}/{{mitigation}}.png",
-            caption="../report/samples.rst",
-            category="3. Generation",
-            labels={"variant": "{variant}", "mitigation": "{mitigation}", "figure": "contact sheet"},
-        ),
     params:
         generate=config["generate"],
         guidance=lambda wc: guidance_of(wc.variant, wc.mitigation),

@@ -30,6 +30,7 @@ rule validate_detection:
     params:
         grid_prompts=config["report"]["grid_prompts"],
         grid_detector=config["report"]["grid_detector"],
+        grid_guidance=config["report"]["guidance"],
     conda:
         "../envs/mnemo.yaml"
     log:

@@ -7,7 +7,6 @@ from mnemo.diffusion.sample import (
     plan_requests,
     sample_seed,
     samples_table,
-    sheet_of_samples,
 )
 from mnemo.mitigate.neurons import build_mitigation
 from mnemo.nemo.localize import read_localized
@@ -44,5 +43,4 @@ with job(snakemake) as log:
         else pa.table({"variant": pa.array([], pa.string()), "mitigation": pa.array([], pa.string()),
                        "prompt_id": pa.array([], pa.string())})
     write_parquet(info_table, snakemake.output.info)
-    sheet_of_samples(table).save(snakemake.output.sheet)
     log.info("%d samples in %.1f s (%.2f images/s)", len(requests), sum(seconds), len(requests) / sum(seconds))

@@ -24,4 +24,4 @@ with job(snakemake) as log:
     cache = read_cache(snakemake.input.cache, columns=["image_id", "image"]) if measured else None
     matches = pq.read_table(snakemake.input.matches) if measured else None
     top_bottom_grid(scores, samples, matches, cache, snakemake.params.grid_detector, snakemake.params.grid_prompts,
-                    snakemake.output.grid)
+                    snakemake.output.grid, guidance=snakemake.params.grid_guidance)

@@ -101,11 +101,39 @@ def test_a_generation_parameter_reruns_generation_but_not_training(demo, tmp_pat
     assert counts.get("generate") and "train" not in counts and "train_copydetect" not in counts
 
 
+def _report_data(html: str, name: str):
+    """The JSON the self-contained Snakemake report embeds as `<script id="name"> var name = {...};`."""
+    import json
+
+    start = html.index(f'<script id="{name}">')
+    begin = html.index(f"var {name} = ", start) + len(f"var {name} = ")
+    return json.JSONDecoder().raw_decode(html, begin)[0]
+
+
 @pytest.mark.slow
 def test_the_html_report_is_written(demo):
+    import base64
+
     snakemake(demo, "--report", "report.html", configfiles=(TEST_CONFIG,))
     html = (demo / "report.html").read_text(errors="replace")
-    assert "Localization" in html and "Detection" in html
+    categories, results = _report_data(html, "categories"), _report_data(html, "results")
+    expected = {"1. Data": "image/png", "2. Training": "image/png", "3. Generation": "image/png",
+                "4. Detection": "image/png", "5. Localization": "image/png", "6. Tables": "text/markdown"}
+    assert set(expected) <= set(categories), sorted(categories)
+    for category, mime in expected.items():
+        entries = [results[path] for paths in categories[category].values() for path in paths]
+        figures = [entry for entry in entries if entry["mime_type"] == mime]
+        assert figures, f"no {mime} in {category}"
+        for entry in figures:  # embedded, with the caption of its rule
+            payload = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+            assert payload.startswith(b"\x89PNG") if mime == "image/png" else payload.startswith(b"# ")
+            assert entry["caption"].strip(), entry["filename"]
+    rules = [entry["job_properties"]["rule"] for entry in results.values()]
+    assert rules.count("contact_sheet") == 7  # one per sample set of config/test.yaml
+    assert rules.count("data_preview") == 1
+    summary = next(entry for entry in results.values() if entry["job_properties"]["rule"] == "tables")
+    text = base64.b64decode(summary["data_uri"].split("base64,", 1)[1]).decode()
+    assert text.splitlines()[2] == "## The answer"
 
 
 @pytest.mark.slow

@@ -202,18 +202,3 @@ def samples_table(requests: Sequence[SampleRequest], images: torch.Tensor, varia
         for r, png in zip(requests, pngs, strict=True)
     ]
     return pa.Table.from_pylist(rows, schema=samples_schema())
-
-
-def sheet_of_samples(table, per_prompt: int = 6, cell: int = 48):
-    """Contact sheet: one row per (prompt, guidance) with its first samples."""
-    from mnemo.data.images import contact_sheet, decode_png
-
-    rows: dict[tuple[str, float], list] = {}
-    titles: dict[tuple[str, float], str] = {}
-    for record in table.select(["prompt_id", "prompt", "guidance", "sample_index", "image"]).to_pylist():
-        key = (record["prompt_id"], record["guidance"])
-        if record["sample_index"] < per_prompt:
-            rows.setdefault(key, []).append(decode_png(record["image"]))
-            titles[key] = f"{record['prompt_id']} g={record['guidance']:g}"
-    keys = sorted(rows)
-    return contact_sheet([rows[k] for k in keys], [titles[k] for k in keys], cell=cell, title_width=130)

@@ -19,6 +19,12 @@ import duckdb
 Source = tuple[str, Mapping[str, Any]]
 
 SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("headline", "The answer",
+     "Per variant: the prompts that memorize (their samples reproduce their own training images above "
+     "the calibrated threshold), the detector that finds them best (AUC, and the papers' detectors), and "
+     "per mitigation what it removes (memorizing prompts' samples still copying, unmitigated → mitigated) "
+     "and what it costs (label AUC, similarity of the other prompts' samples to their unmitigated twins). "
+     "n/a: not measurable in this run."),
     ("calibration", "Descriptor calibration",
      "Copies (crop, shift, blur, noise, contrast edits) of held-out images vs images of other patients."),
     ("replication", "Replication of training images",
@@ -52,6 +58,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("cost", "Compute cost per job", "From Snakemake benchmark files (wall seconds, peak RSS)."),
 )
 TABLE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SECTIONS)
+# The headline's per-variant columns, shown on a variant's first row only in the Markdown.
+HEADLINE_ONCE = ("variant", "memorizing_prompts", "detected_against", "best_detector", "paper_detectors")
 
 
 def _literal(value: Any) -> str:
@@ -77,10 +85,32 @@ def _reader(path: str) -> str:
 
 # Columns of views that may have no source in a run (e.g. no reference images on the SD track),
 # so that queries joining them still bind and return NULLs.
+def _columns(spec: str) -> str:
+    """'name TYPE, ...' -> 'CAST(NULL AS TYPE) AS name, ...'"""
+    pairs = [part.split() for part in spec.split(",")]
+    return ", ".join(f"CAST(NULL AS {kind}) AS {name}" for name, kind in pairs)
+
+
 EMPTY_VIEWS = {
-    "matches_primary": "CAST(NULL AS VARCHAR) AS variant, CAST(NULL AS VARCHAR) AS mitigation, "
-                       "CAST(NULL AS VARCHAR) AS sample_id, CAST(NULL AS FLOAT) AS source_similarity",
+    "matches_primary": _columns("variant VARCHAR, mitigation VARCHAR, sample_id VARCHAR, prompt_id VARCHAR, "
+                                "guidance FLOAT, nn_image_id VARCHAR, nn_similarity FLOAT, source_similarity FLOAT"),
+    "match_prompts": _columns('descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, prompt_id VARCHAR, '
+                              '"group" VARCHAR, guidance FLOAT, samples BIGINT, max_similarity FLOAT, '
+                              'median_similarity FLOAT, max_source_similarity FLOAT, median_source_similarity FLOAT, '
+                              'replication_rate_calibrated DOUBLE, threshold_calibrated DOUBLE, '
+                              'same_patient_rate DOUBLE, diversity FLOAT, recipe VARCHAR'),
+    "detection_metrics": _columns('variant VARCHAR, detector VARCHAR, "n" BIGINT, steps VARCHAR, truth VARCHAR, '
+                                  'positives BIGINT, negatives BIGINT, auc DOUBLE, tpr_at_1pct_fpr DOUBLE, '
+                                  'spearman_vs_similarity DOUBLE'),
+    "fidelity": _columns("variant VARCHAR, mitigation VARCHAR, guidance DOUBLE, samples BIGINT, "
+                         "label_auc_not_planted DOUBLE, label_auc_findings_not_planted DOUBLE, "
+                         "prompt_accuracy_not_planted DOUBLE, label_auc_all DOUBLE, frechet_distance DOUBLE, "
+                         "frechet_real BIGINT, frechet_fake BIGINT, frechet_feature_space VARCHAR"),
+    "classifier": _columns("mean_auc DOUBLE"),
 }
+
+# Columns left out of a view's sources (the samples' PNG bytes: the tables never read images).
+VIEW_COLUMNS = {"samples_primary": "* EXCLUDE (image)"}
 
 
 def register(con: duckdb.DuckDBPyConnection, name: str, sources: Sequence[Source], columns: str = "*") -> None:
@@ -94,6 +124,26 @@ def register(con: duckdb.DuckDBPyConnection, name: str, sources: Sequence[Source
         tags = "".join(f"{_literal(v)} AS {k}, " for k, v in labels.items())
         parts.append(f"SELECT {tags}{columns} FROM {_reader(str(path))}")
     con.execute(f"CREATE OR REPLACE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
+
+
+def connect(sources: Mapping[str, Sequence[Source]], settings: Mapping[str, Any],
+            benchmarks: Sequence[Source] = ()) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a view per source group (`table_sources` in rules/common.smk), the
+    benchmark files as `benchmarks` and the run's `settings` (primary_descriptor, primary_mode,
+    report_guidance) as a one-row table the queries read."""
+    con = duckdb.connect()
+    names = list(settings)
+    selects = ", ".join(f"${i + 1} AS {name}" for i, name in enumerate(names))
+    con.execute(f"CREATE TABLE settings AS SELECT {selects}", [settings[name] for name in names])
+    for name, entries in sources.items():
+        register(con, name, [(path, labels) for path, labels in entries], VIEW_COLUMNS.get(name, "*"))
+    register(con, "benchmarks", list(benchmarks))
+    return con
+
+
+def benchmark_sources(paths: Sequence[str], root: str | Path) -> list[Source]:
+    """Snakemake benchmark TSVs under `root`, each tagged with its job name (its path below root)."""
+    return [(str(p), {"job": str(Path(p).relative_to(root).with_suffix(""))}) for p in paths]
 
 
 def query(name: str) -> str:
@@ -137,17 +187,25 @@ def _cell(value: Any, csv_mode: bool = False) -> str:
     return str(value)
 
 
-def markdown(table) -> str:
+def markdown(table, once: Sequence[str] = ()) -> str:
+    """A Markdown table; columns in `once` are written on the first of consecutive rows with the
+    same value of the first of them only (e.g. a variant's facts on its first mitigation's row)."""
     header = "| " + " | ".join(table.column_names) + " |"
     rule = "|" + "|".join("---" for _ in table.column_names) + "|"
-    body = ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in table.to_pylist()]
+    body, previous = [], object()
+    for row in table.to_pylist():
+        key = row[once[0]] if once else None
+        cells = [("" if once and key == previous and name in once else _cell(value)) for name, value in row.items()]
+        previous = key
+        body.append("| " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
 
 
 def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None = None,
-                     preamble: str = "") -> str:
-    """All tables as Markdown; tables with a `descriptor` column show the primary descriptor only
-    (the CSV has every descriptor)."""
+                     preamble: str = "", figures: Sequence[str] = ()) -> str:
+    """All tables as Markdown, the headline first; tables with a `descriptor` column show the primary
+    descriptor only (the CSV has every descriptor). `figures`: paths listed at the end (the figures
+    of the HTML report)."""
     import pyarrow.compute as pc
 
     lines = [f"# {title}", ""]
@@ -161,6 +219,14 @@ def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None 
         if primary and "descriptor" in table.column_names and name != "calibration":
             table = table.filter(pc.equal(table.column("descriptor"), primary)).drop_columns(["descriptor"])
             source += f" Descriptor: `{primary}` (all descriptors in the CSV)."
+        if name == "headline":  # the answer first, its explanation under it
+            once = [c for c in HEADLINE_ONCE if c in table.column_names]
+            lines += [f"## {heading}", "", markdown(table, once) if table.num_rows else "_no rows_", "",
+                      note, "", source, ""]
+            continue
         lines += [f"## {heading}", "", note, "", source, ""]
         lines += [markdown(table) if table.num_rows else "_no rows_", ""]
+    if figures:
+        lines += ["## Figures", "", "In the HTML report (`snakemake --report report.html`) and as files:", ""]
+        lines += [f"- `{path}`" for path in figures] + [""]
     return "\n".join(lines)
