@@ -4,8 +4,11 @@
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 from mnemo.config import ConfigError, validate
+
+min_version("9.0")  # what pyproject.toml and envs/mnemo.yaml install
 
 
 # The X-ray demo config is the base that --configfile files are merged over; a Stable Diffusion
@@ -31,6 +34,22 @@ include: "rules/localize.smk"
 include: "rules/validate.smk"
 include: "rules/fidelity.smk"
 include: "rules/report.smk"
+
+
+# Figures and tables read small result files and take seconds: on a cluster they run on the
+# submitting host instead of waiting in the queue (validate_detection computes the detection
+# metrics besides its figures, so it stays a cluster job).
+localrules:
+    tables,
+    plot_loss,
+    plot_localization,
+    contact_sheet,
+
+
+if xray():
+
+    localrules:
+        data_preview,
 
 
 rule all:

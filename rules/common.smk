@@ -25,6 +25,21 @@ def gpus():
     return int(config["resources"]["gpu"])
 
 
+def torch_settings(model=False):
+    """The `torch` param of jobs that compute with torch (device, CPU threads) and, with `model`,
+    load a variant's model (its dtype, whether it is pretrained). Scripts read these params, never
+    the config, so that the params trigger sees a change."""
+
+    def settings(wildcards):
+        out = {"device": config.get("device", "auto"), "threads": config.get("torch_threads", "auto")}
+        if model:
+            variant = config["variants"][wildcards.variant]
+            out.update(dtype=variant.get("dtype", "auto"), pretrained=bool(variant.get("pretrained")))
+        return out
+
+    return settings
+
+
 def variants():
     return list(config["variants"])
 

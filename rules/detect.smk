@@ -12,6 +12,7 @@ rule detect:
         tokens=f"{R}/detect/{{variant}}/token_significance.parquet",
         threshold=f"{R}/detect/{{variant}}/threshold.json",
     params:
+        torch=torch_settings(model=True),
         detect=config["detect"],
         seed=config["generate"]["seed"],
     conda:

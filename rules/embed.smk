@@ -9,6 +9,7 @@ rule train_copydetect:
         model=directory(f"{R}/descriptors/{{descriptor}}/model"),
         history=f"{R}/descriptors/{{descriptor}}/training_log.csv",
     params:
+        torch=torch_settings(),
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
     conda:
@@ -34,6 +35,7 @@ rule calibrate_descriptor:
     output:
         f"{R}/descriptors/{{descriptor}}/calibration.json",
     params:
+        torch=torch_settings(),
         settings=lambda wc: config["descriptors"][wc.descriptor],
         holdout=config["match"]["calibration"],
         every_image=not xray(),  # SD originals: no descriptor trains on them, calibrate on all
@@ -57,6 +59,7 @@ rule embed_train:
     output:
         f"{R}/embeddings/{{descriptor}}/train.parquet",
     params:
+        torch=torch_settings(),
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="cache",
     conda:
@@ -82,6 +85,7 @@ rule embed_samples:
     output:
         f"{R}/embeddings/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
     params:
+        torch=torch_settings(),
         settings=lambda wc: config["descriptors"][wc.descriptor],
         source="samples",
     conda:
@@ -112,6 +116,7 @@ rule match:
         matches=f"{R}/matches/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
         prompts=f"{R}/matches/{{descriptor}}/{{variant}}/{{mitigation}}_prompts.parquet",
     params:
+        torch=torch_settings(),
         match=config["match"],
     conda:
         "../envs/mnemo.yaml"

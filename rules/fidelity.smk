@@ -11,6 +11,7 @@ rule train_classifier:
         evaluation=f"{R}/fidelity/classifier/evaluation.json",
         history=f"{R}/fidelity/classifier/training_log.csv",
     params:
+        torch=torch_settings(),
         fidelity=config["fidelity"],
         holdout=config["match"]["calibration"],
     conda:
@@ -38,6 +39,8 @@ rule fidelity:
         cache=f"{R}/cache/train",
     output:
         f"{R}/fidelity/{{variant}}/{{mitigation}}.json",
+    params:
+        torch=torch_settings(),
     conda:
         "../envs/mnemo.yaml"
     log:

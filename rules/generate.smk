@@ -11,6 +11,7 @@ rule generate:
         samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
         info=f"{R}/samples/{{variant}}/{{mitigation}}_info.parquet",
     params:
+        torch=torch_settings(model=True),
         generate=config["generate"],
         guidance=lambda wc: guidance_of(wc.variant, wc.mitigation),
         mitigation=lambda wc: config["mitigations"][wc.mitigation],

@@ -13,6 +13,7 @@ rule localize:
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
     params:
+        torch=torch_settings(model=True),
         localize=localize_settings,
         seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],

@@ -10,6 +10,7 @@ rule train:
         history=f"{R}/models/{{variant}}/training_log.csv",
         summary=f"{R}/models/{{variant}}/train_summary.json",
     params:
+        torch=torch_settings(),
         model=config.get("model", {}),
         train=lambda wc: variant_train_config(config, wc.variant),
         checkpoint_dir=lambda wc: f"{R}/checkpoints/{wc.variant}",

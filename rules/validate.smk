@@ -54,7 +54,9 @@ rule retrigger:
     output:
         f"{R}/retrigger/{{variant}}.parquet",
     params:
+        torch=torch_settings(model=True),
         retrigger=config["retrigger"],
+        descriptor_name=primary(),
         descriptor=lambda wc: config["descriptors"][primary()],
         blocks=config["localize"]["blocks"],
         search_mode=config["localize"]["mode"],

@@ -1,9 +1,8 @@
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnemo.copydetect.descriptors import build_descriptor
 from mnemo.data.dataset import cache_images, read_cache
-from mnemo.mitigate.retrigger import RetriggerConfig, run_retrigger
+from mnemo.mitigate.retrigger import RetriggerConfig, retrigger_table, run_retrigger
 from mnemo.nemo.blocking import value_layers
 from mnemo.nemo.localize import read_localized
 from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
@@ -18,16 +17,9 @@ with job(snakemake) as log:
     prompts = pq.read_table(snakemake.input.prompts)
     cache = read_cache(snakemake.input.cache, columns=["image_id", "image"])
     images = dict(zip(cache.column("image_id").to_pylist(), cache_images(cache), strict=True))
-    descriptor = build_descriptor(snakemake.config["match"]["primary"], snakemake.params.descriptor,
+    descriptor = build_descriptor(snakemake.params.descriptor_name, snakemake.params.descriptor,
                                   snakemake.input.get("descriptor_model"), device)
     threshold = read_json(snakemake.input.calibration)["threshold"]
     rows = run_retrigger(model, value_layers(model.unet, snakemake.params.blocks), localized, prompts, images,
                          descriptor, threshold, config, max_prompts, log=log.info)
-    schema = pa.schema([
-        ("prompt_id", pa.string()), ("arm", pa.string()), ("target_prompt_id", pa.string()),
-        ("blocked_neurons", pa.int32()), ("similarity_before", pa.float64()), ("similarity_after", pa.float64()),
-        ("rate_above_before", pa.float64()), ("rate_above_after", pa.float64()), ("replicated_after", pa.bool_()),
-        ("threshold", pa.float64()), ("optimisation_steps", pa.int32()), ("final_loss", pa.float64()),
-        ("seconds", pa.float64()),
-    ])
-    write_parquet(pa.Table.from_pylist(rows, schema=schema), snakemake.output[0])
+    write_parquet(retrigger_table(rows), snakemake.output[0])

@@ -93,15 +93,49 @@ def test_wen_magnitude_matches_direct_computation(tiny_model):
     assert summary["wen_all_n2"][0] == pytest.approx(float(magnitudes[0].mean()))
 
 
-def test_nemo_detection_and_token_significance_run(tiny_model):
+def test_nemo_detection_and_token_significance_run(tiny_model, monkeypatch):
+    import pyarrow as pa
+
+    import mnemo.detect.nemo
+    from mnemo.detect.detector import detect_prompts
+
     config = DetectConfig(steps=3, nemo_samples=4, generations=2, wen_n=(1, 2))
     result = nemo_detection(tiny_model, ["a", "b"], TINY_PROMPTS[:2], config)
     assert result.pairwise.shape == (2, 6) and result.sample_max.shape == (2, 4)
     assert result.kernel_size == 3
-    significance = token_significance(tiny_model, ["a"], [TINY_PROMPTS[0]], config)
-    tokens = [t for t, _ in significance[0]]
-    assert tokens[1:5] == TINY_PROMPTS[0].split()[:4]
-    assert all(v >= 0 for _, v in significance[0])
+    assert torch.isfinite(result.pairwise).all() and (result.pairwise <= 1 + 1e-5).all()
+    pairs = torch.combinations(torch.arange(4), r=2)
+    for sample in range(4):  # each sample's max is the max over the pairs it is in
+        mine = (pairs == sample).any(dim=1)
+        assert torch.equal(result.sample_max[:, sample], result.pairwise[:, mine].max(dim=1).values)
+
+    maps = normalize_maps(torch.randn(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    maps[0, 1] = maps[0, 0]  # samples 0 and 1 identical: pair 0 scores 1
+    forward, _ = pairwise_ms_ssim(maps, 3, config.betas)
+    backward, _ = pairwise_ms_ssim(maps.flip(1), 3, config.betas)  # pairs (2,1), (2,0), (1,0)
+    assert forward[0, 0] == pytest.approx(1.0, abs=1e-5) and forward[0, 1:].max() < 0.99
+    assert torch.allclose(forward[0], backward[0].flip(0), atol=1e-6)  # MS-SSIM(a, b) = MS-SSIM(b, a)
+
+    # A prompt whose seeds are all the same has identical noise differences: NeMo flags it
+    # against tau from the reference prompts, whose samples differ.
+    seeds_per_prompt = mnemo.detect.nemo.seeds_per_prompt
+    monkeypatch.setattr(mnemo.detect.nemo, "seeds_per_prompt", lambda ids, n, base: [
+        [row[0]] * n if pid == "copy" else row for pid, row in zip(ids, seeds_per_prompt(ids, n, base), strict=True)])
+    prompts = pa.table({"prompt_id": ["copy", "r0", "r1", "r2"], "prompt": TINY_PROMPTS,
+                        "group": ["planted", "other", "other", "other"],
+                        "memorized_truth": [True, False, False, False], "reference": [False, True, True, True]})
+    detected = detect_prompts(tiny_model, prompts, DetectConfig(steps=3, nemo_samples=4, generations=2,
+                                                                wen_n=(1, 2), token_significance=False), False)
+    scores = {r["prompt_id"]: r for r in detected["scores"].to_pylist()}
+    assert scores["copy"]["nemo_mean_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["copy"]["nemo_flagged"] and scores["copy"]["nemo_samples_above_tau"] == 4
+    assert max(scores[p]["nemo_max_ssim"] for p in ("r0", "r1", "r2")) < 0.99
+
+    short, long = token_significance(tiny_model, ["a", "b"], ["frontal", TINY_PROMPTS[0]], config)
+    assert [t for t, _ in short] == ["<bos>", "frontal", "<eos>"]  # the padding has no entry
+    assert [t for t, _ in long][1:-1] == TINY_PROMPTS[0].split()
+    values = torch.tensor([v for _, v in short + long])
+    assert torch.isfinite(values).all() and (values >= 0).all() and (values > 0).any()
 
 
 def test_detection_is_validated_against_planted_any_and_own_replication():

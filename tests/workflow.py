@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import modulefinder
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# What the workflow is made of: a copy of these runs on its own (its scripts import its src/).
+WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "src", "config", "config.yaml", "config.schema.yaml",
+                  "profiles", "report", "envs")
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -19,14 +26,35 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def copy_repo(dest: Path) -> Path:
+    """A copy of the workflow (WORKFLOW_FILES, without bytecode) at dest, to run and edit in tests."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
 def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), check: bool = True,
-              timeout: int = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`snakemake -s REPO/Snakefile -d workdir ...`; returns the completed process (stdout+stderr)."""
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+              timeout: int = 1800, env: dict | None = None, repo: Path | None = None) -> subprocess.CompletedProcess:
+    """`snakemake -s repo/Snakefile -d workdir ...`; returns the completed process (stdout+stderr).
+
+    repo defaults to workdir when workdir is a copy of the workflow (copy_repo), else to REPO. A
+    copy runs with PYTHONPATH=copy/src, so that its scripts import the copy's mnemo, not the
+    editable install's."""
+    if repo is None:
+        repo = workdir if (workdir / "Snakefile").is_file() else REPO
+    command = [SNAKEMAKE, "-s", str(repo / "Snakefile"), "-d", str(workdir)]
     if configfiles:  # one flag for all: a repeated --configfile replaces the earlier ones
         command += ["--configfile", *map(str, configfiles)]
     command += list(args)
     env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
+    if Path(repo).resolve() != REPO:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(repo) / "src"), env.get("PYTHONPATH")]))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
@@ -48,3 +76,70 @@ def rerun_reasons(dry_run_output: str) -> str:
     """The distinct 'reason:' lines of a dry run, for assertion messages."""
     reasons = sorted({line.strip() for line in dry_run_output.splitlines() if line.strip().startswith("reason:")})
     return "\n".join(reasons)
+
+
+def planned_jobs(dry_run_output: str) -> list[dict]:
+    """The jobs of a dry run: rule, inputs and reasons ({"Updated input files": [...], ...})."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", dry_run_output):
+        rule = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not rule:
+            continue
+        inputs = re.search(r"^\s+input: (.*)$", block, re.MULTILINE)
+        reason = re.search(r"^\s+reason: (.*)$", block, re.MULTILINE)
+        reasons = {}
+        for part in (reason.group(1).split("; ") if reason else []):
+            kind, _, files = part.partition(": ")
+            reasons[kind] = files.split(", ") if files else []
+        jobs.append({"rule": rule.group(1), "input": inputs.group(1).split(", ") if inputs else [],
+                     "reasons": reasons})
+    return jobs
+
+
+def rule_scripts(repo: Path = REPO) -> dict[str, Path]:
+    """Rule -> the script it runs, from rules/*.smk."""
+    scripts = {}
+    for smk in sorted((repo / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=\s*rule \w+:)", smk.read_text()):
+            rule = re.match(r"\s*rule (\w+):", block)
+            script = re.search(r"^\s+script:\s*\"\.\./scripts/(\w+\.py)\"", block, re.MULTILINE)
+            if rule and script:
+                scripts[rule.group(1)] = repo / "scripts" / script.group(1)
+    return scripts
+
+
+class _MnemoFinder(modulefinder.ModuleFinder):
+    """The stdlib's bytecode import finder, following mnemo imports only (module level and inside
+    functions alike): an oracle for mnemo.dependencies that shares none of its code."""
+
+    def import_hook(self, name, caller=None, fromlist=None, level=-1):
+        if level <= 0 and name.split(".")[0] != "mnemo":
+            return None
+        return super().import_hook(name, caller, fromlist, level)
+
+
+def imported_files(script: Path, src: Path) -> set[str]:
+    """Every mnemo source file (under src) that running `script` may import."""
+    finder = _MnemoFinder(path=[str(src)])
+    finder.run_script(str(script))
+    return {str(Path(module.__file__).resolve()) for name, module in finder.modules.items()
+            if name.split(".")[0] == "mnemo" and module.__file__}
+
+
+def rules_importing(module: Path, repo: Path = REPO) -> set[str]:
+    """The rules whose scripts import `module` (a file under repo/src/mnemo), directly or not."""
+    target = str(module.resolve())
+    return {rule for rule, script in rule_scripts(repo).items()
+            if target in imported_files(script, repo / "src")}
+
+
+@contextlib.contextmanager
+def edited(path: Path, text: bytes = b"\n# an edit\n") -> Iterator[None]:
+    """`path` with `text` appended, then restored with its old bytes and times."""
+    original, stat = path.read_bytes(), path.stat()
+    try:
+        path.write_bytes(original + text)
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

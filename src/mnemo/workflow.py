@@ -48,12 +48,15 @@ def job(snakemake: Any) -> Iterator[logging.Logger]:
     logging.basicConfig(stream=handle, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
     logger = logging.getLogger(f"mnemo.{snakemake.rule}")
-    device = resolve_device(snakemake.config.get("device", "auto"))
-    threads = snakemake.config.get("torch_threads", "auto")
-    threads = snakemake.threads if threads == "auto" else int(threads)
-    configure_torch(threads, device)
+    settings = _torch_param(snakemake)
+    if settings is None:  # a job that computes nothing device-bound: the rule's threads, on the CPU
+        device, threads = None, snakemake.threads
+    else:
+        device = resolve_device(settings["device"])
+        threads = snakemake.threads if settings["threads"] == "auto" else int(settings["threads"])
+    configure_torch(threads, device or torch.device("cpu"))
     logger.info("rule %s, wildcards %s, device %s, threads %s", snakemake.rule, dict(snakemake.wildcards),
-                device, threads)
+                device or "- (no torch param)", threads)
     try:
         yield logger
     except Exception as error:
@@ -83,8 +86,23 @@ def notify(logger: logging.Logger, message: str) -> None:
     print(message, file=sys.__stderr__, flush=True)
 
 
+def _torch_param(snakemake: Any) -> dict[str, Any] | None:
+    """The rule's `torch` param (`torch_settings` in rules/common.smk), None when it has none."""
+    return getattr(snakemake.params, "torch", None)
+
+
+def torch_settings(snakemake: Any) -> dict[str, Any]:
+    """Device, threads (and for model rules dtype, pretrained) from the rule's params: scripts never
+    read the config, so that Snakemake's params trigger sees every value a job runs with."""
+    settings = _torch_param(snakemake)
+    if settings is None:
+        raise RuntimeError(f"rule {snakemake.rule} runs torch on a device but has no `torch` param: add "
+                           "`torch=torch_settings()` to its params (rules/common.smk)")
+    return settings
+
+
 def device_of(snakemake: Any) -> torch.device:
-    return resolve_device(snakemake.config.get("device", "auto"))
+    return resolve_device(torch_settings(snakemake)["device"])
 
 
 def write_json(data: Any, path: str | Path) -> None:
@@ -111,14 +129,21 @@ def write_parquet(table, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def model_dtype(name: str, device: torch.device, pretrained: bool) -> torch.dtype:
+    """A variant's dtype: `auto` is float16 for pretrained models on CUDA, float32 otherwise."""
+    if name == "auto":
+        name = "float16" if device.type == "cuda" and pretrained else "float32"
+    return getattr(torch, name)
+
+
 def load_model(snakemake: Any):
-    """The variant's model on the job's device, in the variant's dtype (`auto`: float16 for
-    pretrained models on CUDA, float32 otherwise)."""
+    """The variant's model on the job's device, in the variant's dtype (`torch_settings(model=True)`
+    in the rule's params)."""
     from mnemo.diffusion.model import DiffusionModel
 
-    device = device_of(snakemake)
-    variant = snakemake.config["variants"][snakemake.wildcards.variant]
-    name = variant.get("dtype", "auto")
-    if name == "auto":
-        name = "float16" if device.type == "cuda" and variant.get("pretrained") else "float32"
-    return DiffusionModel.from_pretrained(snakemake.input.model, device=device, dtype=getattr(torch, name))
+    settings = torch_settings(snakemake)
+    if "dtype" not in settings:
+        raise RuntimeError(f"rule {snakemake.rule} loads a model: its params need `torch=torch_settings(model=True)`")
+    device = resolve_device(settings["device"])
+    dtype = model_dtype(settings["dtype"], device, settings["pretrained"])
+    return DiffusionModel.from_pretrained(snakemake.input.model, device=device, dtype=dtype)

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from mnemo.diffusion.model import DiffusionModel
@@ -156,3 +157,21 @@ def build_mitigation(name: str, settings: dict[str, Any], model: DiffusionModel,
     raise ValueError(f"config key 'mitigations.{name}.kind': unknown mitigation kind {kind!r} "
                      f"(one of {', '.join(MITIGATION_KINDS)})")
 
+
+# The per-prompt records build_mitigation returns, as written to samples/{variant}/{mitigation}_info:
+# neuron mitigations fill blocked_neurons, Wen's embedding optimisation the other columns.
+MITIGATION_INFO_SCHEMA = pa.schema([
+    ("variant", pa.string()), ("mitigation", pa.string()), ("prompt_id", pa.string()),
+    ("blocked_neurons", pa.int64()), ("iterations", pa.int64()), ("initial_loss", pa.float64()),
+    ("final_loss", pa.float64()), ("target_loss", pa.float64()), ("seconds", pa.float64()),
+])
+
+
+def mitigation_info_table(variant: str, mitigation: str, info: Sequence[dict[str, Any]]) -> pa.Table:
+    """build_mitigation's info records as a MITIGATION_INFO_SCHEMA table (empty for `none`)."""
+    known = set(MITIGATION_INFO_SCHEMA.names)
+    unknown = sorted({key for record in info for key in record} - known)
+    if unknown:
+        raise ValueError(f"mitigation info fields {unknown} are not in MITIGATION_INFO_SCHEMA")
+    rows = [{"variant": variant, "mitigation": mitigation, **record} for record in info]
+    return pa.Table.from_pylist(rows, schema=MITIGATION_INFO_SCHEMA)

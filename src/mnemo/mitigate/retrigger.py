@@ -12,12 +12,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.diffusion.sample import denoise, initial_noise, sample_seed
 from mnemo.nemo.blocking import ValueLayer, block_neurons
+
+# One row per (memorized prompt, arm): what run_retrigger returns, as written to results/retrigger/.
+RETRIGGER_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()), ("arm", pa.string()), ("target_prompt_id", pa.string()),
+    ("blocked_neurons", pa.int32()), ("similarity_before", pa.float64()), ("similarity_after", pa.float64()),
+    ("rate_above_before", pa.float64()), ("rate_above_after", pa.float64()), ("replicated_after", pa.bool_()),
+    ("threshold", pa.float64()), ("optimisation_steps", pa.int32()), ("final_loss", pa.float64()),
+    ("seconds", pa.float64()),
+])
+
+
+def retrigger_table(rows: Sequence[dict]) -> pa.Table:
+    """run_retrigger's rows as a table of RETRIGGER_SCHEMA (typed also when there are none)."""
+    return pa.Table.from_pylist(list(rows), schema=RETRIGGER_SCHEMA)
 
 
 @dataclass

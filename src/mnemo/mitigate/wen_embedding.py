@@ -77,3 +77,17 @@ def optimize_prompt_embeddings(model: DiffusionModel, prompts: Sequence[str], se
                             "target_loss": float(target), "seconds": seconds})
     return results
 
+
+def reference_magnitude(scores: Sequence[dict[str, Any]], column: str | None = None) -> float:
+    """The scale of `target_loss: auto`: the median (upper, for an even count) first-step
+    text-conditional magnitude of the reference (non-memorized) prompts, from the detect stage's
+    score rows. `column` defaults to the detector wen_reference_detector picks among those the scores
+    were written with (the smallest n of detect.wen_n)."""
+    from mnemo.detect.names import wen_n_of, wen_reference_detector
+
+    if column is None:
+        column = wen_reference_detector(wen_n_of(scores[0] if scores else ()))
+    reference = sorted(float(r[column]) for r in scores if r["reference"])
+    if not reference:
+        raise ValueError(f"target_loss: auto needs reference prompts' {column} in the detection scores; none found")
+    return reference[len(reference) // 2]
