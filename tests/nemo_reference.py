@@ -103,7 +103,10 @@ class NaiveNemo:
         return out
 
     # -- the search ----------------------------------------------------------------------------
-    def localize(self, text: torch.Tensor, latents: torch.Tensor, tau: float, means, stds) -> NaiveResult:
+    def localize(self, text: torch.Tensor, latents: torch.Tensor, tau: float, means, stds,
+                 selection_tau: float | None = None) -> NaiveResult:
+        """`tau` decides which samples are memorized; `selection_tau` (default tau) is what a blocked
+        selection must reach, the official scripts' separate pairwise and selection thresholds."""
         self.calls = 0
         n = len(latents)
         unblocked = [self.delta(latents[i:i + 1], text) for i in range(n)]
@@ -122,46 +125,41 @@ class NaiveNemo:
             return max(self.ssim(unblocked[i], self.delta(latents[i:i + 1], text, selection)) for i in kept)
 
         activation = self.activations(text)
+        tau = tau if selection_tau is None else selection_tau
         theta, k = self.theta, 0
-        selection = self.select(activation, means, stds, theta, k)
-        blocked_score = score(selection)
-        threshold = tau
+        blocked_score, threshold = 1.0, tau
         while blocked_score > tau:
-            theta -= self.theta_step
-            k += 1
-            if theta <= self.theta_stop or k >= self.k_stop:
+            selection = self.select(activation, means, stds, theta, k)
+            tested = (theta, k)
+            blocked_score = score(selection)
+            if blocked_score > tau:
+                if theta > self.theta_stop:
+                    theta -= self.theta_step
+                k += 1
+            if theta == self.theta_stop or k >= self.k_stop:
                 threshold = blocked_score   # relaxed: refine the last selection against its own score
                 result.relaxed = True
-                theta, k = theta + self.theta_step, k - 1
                 break
-            selection = self.select(activation, means, stds, theta, k)
-            blocked_score = score(selection)
-        result.theta, result.top_k = theta, k
+        result.theta, result.top_k = tested
         result.initial = [list(layer) for layer in selection]
         result.initial_score = blocked_score
         result.threshold = threshold
 
         current = [list(layer) for layer in selection]
-        current_score = blocked_score
         for layer in reversed(range(len(self.layers))):            # layer pass, mid block first
             if not current[layer]:
                 continue
             trial = [list(neurons) for neurons in current]
             trial[layer] = []
-            s = score(trial)
-            if s <= threshold:
-                current, current_score = trial, s
+            if score(trial) < threshold:
+                current = trial
         for layer in reversed(range(len(self.layers))):            # neuron pass, mid block first
-            position = 0
-            while position < len(current[layer]):
-                trial = [list(neurons) for neurons in current]
-                del trial[layer][position]
-                s = score(trial)
-                if s <= threshold:
-                    current, current_score = trial, s
-                else:
-                    position += 1
+            for neuron in list(current[layer]):                    # selection order; list.remove drops
+                trial = [list(neurons) for neurons in current]     # a duplicate's first occurrence
+                trial[layer].remove(neuron)
+                if score(trial) < threshold:
+                    current[layer].remove(neuron)
         result.refined = current
-        result.refined_score = current_score
+        result.refined_score = score(current)
         result.unet_calls = self.calls
         return result

@@ -11,6 +11,8 @@ class DetectConfig:
     steps: int = 25
     generations: int = 4
     nemo_samples: int = 10
+    nemo_steps: int = 50
+    nemo_timestep: int = 1
     kernel_size: int | str = "auto"
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 64

@@ -27,11 +27,12 @@ import torch
 
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.diffusion.sample import initial_noise, sample_seed
-from mnemo.nemo.blocking import ValueLayer, locate, value_activations
+from mnemo.nemo.blocking import ValueLayer, locate, neuron_count, value_activations
 from mnemo.nemo.refinement import MODES, Chain, Refinement, _PromptState
 from mnemo.nemo.sample_check import SampleCheck, smallest_passing
 from mnemo.nemo.selection import (
     ReferenceStats,
+    as_mask,
     encode_prompts,
     initial_candidates,
     reference_statistics,
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+# When no selection of the schedule removes the signal: `relax` refines the last one against its own
+# score, as the official code does; `report` reports it unrefined as a failed search.
+NO_PASS = ("relax", "report")
+
+
 @dataclass
 class LocalizeConfig:
     blocks: tuple[str, ...] = ("down", "mid")
@@ -51,6 +57,10 @@ class LocalizeConfig:
     theta_step: float = 0.25
     theta_min: float = 1.0
     top_k: int = 0
+    k_max: int = 1280
+    on_no_pass: str = "relax"
+    nemo_steps: int = 50
+    nemo_timestep: int = 1
     factor: float = 0.0
     steps: int = 25
     seed: int = 0
@@ -71,6 +81,8 @@ class LocalizeConfig:
             raise ValueError(f"config key 'localize.signal': {self.signal!r} is not one of {SIGNALS}")
         if self.score not in SCORES:
             raise ValueError(f"config key 'localize.score': {self.score!r} is not one of {SCORES}")
+        if self.on_no_pass not in NO_PASS:
+            raise ValueError(f"config key 'localize.on_no_pass': {self.on_no_pass!r} is not one of {NO_PASS}")
 
     @property
     def paper_signal(self) -> bool:
@@ -90,6 +102,8 @@ class LocalizationResult:
     unblocked_score: float = float("nan")
     theta: float = float("nan")
     top_k: int = 0
+    relaxed: bool = False           # no selection reached tau: refined against the last selection's score
+    refine_threshold: float = float("nan")
     success: bool = False
     score_tau: float = float("nan")  # the threshold the blocked score had to reach
     pruned_count: int = 0           # neurons NeMo's refinement kept, before the sample check widened them
@@ -209,23 +223,28 @@ class Localizer:
         result.score_tau = state.tau
 
         # Step A: widen the OOD selection until blocking removes the signal
-        schedule = selection_schedule(self.layers, c.theta, c.theta_step, c.theta_min, c.top_k)
-        sets = [initial_candidates(self.stats, self.layers, activation, theta, k) for theta, k in schedule]
+        schedule = selection_schedule(c.theta, c.theta_step, c.theta_min, c.top_k, c.k_max)
+        selections = [initial_candidates(self.stats, self.layers, activation, theta, k) for theta, k in schedule]
+        sets = [as_mask(lists, neuron_count(self.layers)) for lists in selections]
         found, scores = self.refinement.first_passing(state, sets, lambda s: s <= state.tau)
         chosen = min(found, len(sets) - 1)
         result.theta, result.top_k = schedule[chosen]
         initial = sets[chosen]
         result.initial_neurons = torch.nonzero(initial).flatten().tolist()
-        result.initial_score = (scores[chosen] if chosen < len(scores)
-                                else float(self.refinement.scores(state, [initial])[0]))
+        result.initial_score = scores[chosen]
+        state.threshold = state.tau
         if found == len(sets):
-            return result, state, []  # even the widest selection leaves the signal: report, don't prune
+            if c.on_no_pass == "report":
+                return result, state, []  # even the widest selection leaves the signal: report, don't prune
+            result.relaxed = True
+            state.threshold = result.initial_score
+        result.refine_threshold = state.threshold
 
-        # Step B: refinement, layers last-to-first, then single neurons
+        # Step B: refinement, layers then single neurons, last layer to first
         # wider selections first (the sample check may need them; their signal score is not drawn yet)
         chain: Chain = [(wider, None) for wider in reversed(sets[chosen + 1:])]
         chain.append((initial, result.initial_score))
-        current, score = self.refinement.refine(state, initial, result.initial_score, self.layers, chain)
+        current, score = self.refinement.refine(state, selections[chosen], result.initial_score, self.layers, chain)
         result.pruned_count = int(current.sum())
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
@@ -307,8 +326,9 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
         rows.append({
             "prompt_id": r.prompt_id, "mode": r.mode, "memorized": r.memorized, "kept_samples": r.kept_samples,
             "unblocked_score": r.unblocked_score, "tau": tau, "signal": config.signal,
-            "signal_step": config.signal_step, "score": config.score, "score_tau": r.score_tau,
-            "theta": r.theta, "top_k": r.top_k,
+            "signal_step": config.signal_step, "nemo_steps": config.nemo_steps,
+            "nemo_timestep": config.nemo_timestep, "score": config.score, "score_tau": r.score_tau,
+            "theta": r.theta, "top_k": r.top_k, "relaxed": r.relaxed, "refine_threshold": r.refine_threshold,
             "initial_neurons": r.initial_neurons, "initial_layers": layer_names(r.initial_neurons),
             "initial_count": len(r.initial_neurons), "initial_score": r.initial_score,
             "refined_neurons": r.refined_neurons, "refined_layers": layer_names(r.refined_neurons),
@@ -322,7 +342,9 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
     schema = pa.schema([
         ("prompt_id", pa.string()), ("mode", pa.string()), ("memorized", pa.bool_()), ("kept_samples", pa.int32()),
         ("unblocked_score", pa.float64()), ("tau", pa.float64()), ("signal", pa.string()),
-        ("signal_step", pa.int32()), ("score", pa.string()), ("score_tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
+        ("signal_step", pa.int32()), ("nemo_steps", pa.int32()), ("nemo_timestep", pa.int32()),
+        ("score", pa.string()), ("score_tau", pa.float64()), ("theta", pa.float64()), ("top_k", pa.int32()),
+        ("relaxed", pa.bool_()), ("refine_threshold", pa.float64()),
         ("initial_neurons", pa.list_(pa.int32())), ("initial_layers", pa.list_(pa.string())),
         ("initial_count", pa.int32()), ("initial_score", pa.float64()),
         ("refined_neurons", pa.list_(pa.int32())), ("refined_layers", pa.list_(pa.string())),

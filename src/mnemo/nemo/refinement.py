@@ -1,6 +1,8 @@
 """NeMo's refinement: greedy causal pruning of a neuron set that removes the memorization signal,
-whole layers first (last to first), then single neurons; a group is dropped when the set without
-it still removes the signal.
+whole layers first, then single neurons, both passes from the last value layer (mid block) back
+to the first, and within a layer in the selection's order. A group is dropped when the set without
+it scores strictly below the refinement threshold (tau, or the relaxed threshold when no selection
+reached tau), as the official code decides.
 
 Two ways to run the same search: `sequential` evaluates one candidate set per UNet call, as the
 official code does; `batched` evaluates many candidate sets in one UNet call with a per-sample
@@ -13,12 +15,14 @@ off the path taken (free on a GPU with room in the batch, not on a CPU).
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from mnemo.nemo.blocking import ValueLayer, neuron_count
+from mnemo.nemo.selection import as_mask
 from mnemo.nemo.signal import SearchSignal
 
 MODES = ("batched", "sequential")
@@ -33,6 +37,7 @@ class _PromptState:
     cond: torch.Tensor        # (1, tokens, dim)
     unblocked: torch.Tensor   # unblocked signal maps of the kept samples, prepared for the score
     tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
+    threshold: float = float("nan")  # refinement drops a group when the set without it scores below this
 
 
 class Refinement:
@@ -71,29 +76,47 @@ class Refinement:
                     return begin + offset, seen
         return len(sets), seen
 
-    def refine(self, state: _PromptState, initial: torch.Tensor, score: float, layers: Sequence[ValueLayer],
-               chain: Chain) -> tuple[torch.Tensor, float]:
-        """NeMo's refinement of a set that removes the signal: whole layers (last to first), then
-        the single neurons left; dropping layers first removes most neurons in few tests."""
+    def refine(self, state: _PromptState, selection: Sequence[Sequence[int]], score: float,
+               layers: Sequence[ValueLayer], chain: Chain) -> tuple[torch.Tensor, float]:
+        """NeMo's refinement of a selection (per-layer index lists in selection order): whole layers,
+        then single neurons, each pass from the last layer back to the first.
+
+        The official code keeps the selection as lists, duplicates included, and un-blocks one
+        neuron with `list.remove`. Removing one copy of a neuron listed twice leaves the blocked set
+        as it is, so that test's score is the current set's: such tests are decided without a
+        UNet call, with the same outcome.
+        """
         total = neuron_count(layers)
-        layer_groups = []
-        for layer in reversed(layers):
-            group = torch.zeros(total, dtype=torch.bool)
-            group[layer.offset:layer.offset + layer.width] = True
-            group &= initial
-            if group.any():
-                layer_groups.append(group)
-        current, score = self.prune(state, initial, score, layer_groups, chain)
-        neuron_groups = []
-        for index in torch.nonzero(current).flatten().tolist():
-            group = torch.zeros(total, dtype=torch.bool)
-            group[index] = True
-            neuron_groups.append(group)
-        return self.prune(state, current, score, neuron_groups, chain)
+        current = as_mask(selection, total)
+        layer_groups = [as_mask([selected], total) for selected in reversed(selection) if selected]
+        current, score = self.prune(state, current, score, layer_groups, chain)
+        remaining = Counter()
+        order = []
+        for selected in reversed(selection):
+            if any(current[n] for n in selected):
+                order += list(selected)
+                remaining.update(selected)
+        position = 0
+        while position < len(order):
+            if remaining[order[position]] > 1:   # another copy keeps it blocked: the set is unchanged
+                if score < state.threshold:
+                    remaining[order[position]] -= 1
+                position += 1
+                continue
+            end = position
+            while end < len(order) and remaining[order[end]] == 1:
+                end += 1
+            groups = [as_mask([[n]], total) for n in order[position:end]]
+            current, score = self.prune(state, current, score, groups, chain)
+            for n in order[position:end]:
+                if not current[n]:
+                    remaining[n] = 0
+            position = end
+        return current, score
 
     def prune(self, state: _PromptState, current: torch.Tensor, score: float,
               groups: list[torch.Tensor], chain: Chain) -> tuple[torch.Tensor, float]:
-        """Greedy pruning: drop each group (in order) if the set without it stays <= tau.
+        """Greedy pruning: drop each group (in order) if the set without it scores below the threshold.
 
         Each decision depends on the ones before it, so batched mode scores a speculative tree
         of the next decisions in one call and follows the branch the scores take (see
@@ -108,7 +131,7 @@ class Refinement:
             outcome = dict(zip(tree, self.scores(state, list(tree.values())).tolist(), strict=True))
             decisions: tuple[bool, ...] = ()
             while decisions in tree:
-                dropped = outcome[decisions] <= state.tau
+                dropped = outcome[decisions] < state.threshold
                 if dropped:
                     current, score = tree[decisions], outcome[decisions]
                     chain.append((current, score))

@@ -47,27 +47,40 @@ def reference_statistics(model: DiffusionModel, layers: Sequence[ValueLayer], pr
 
 
 def initial_candidates(stats: ReferenceStats, layers: Sequence[ValueLayer], activation: torch.Tensor,
-                       theta: float, top_k: int) -> torch.Tensor:
-    """OOD neurons (|a - mu| / sigma > theta) plus the top-k by raw activation, per layer."""
+                       theta: float, top_k: int) -> list[list[int]]:
+    """Per layer, the OOD neurons (|a - mu| / sigma > theta, ascending) followed by the top-k by raw
+    activation (descending), as global indices. A neuron can appear twice; the order and the
+    duplicates are what NeMo's neuron-by-neuron pruning walks through."""
     z = (activation - stats.mean).abs() / stats.std.clamp_min(1e-12)
-    mask = z > theta
-    if top_k > 0:
-        for layer in layers:
-            block = activation[layer.offset:layer.offset + layer.width]
-            top = torch.topk(block, min(top_k, layer.width)).indices + layer.offset
-            mask[top] = True
+    lists = []
+    for layer in layers:
+        span = slice(layer.offset, layer.offset + layer.width)
+        selected = (torch.nonzero(z[span] > theta).flatten() + layer.offset).tolist()
+        if top_k > 0:
+            selected += (torch.topk(activation[span], min(top_k, layer.width)).indices + layer.offset).tolist()
+        lists.append(selected)
+    return lists
+
+
+def as_mask(lists: Sequence[Sequence[int]], total: int) -> torch.Tensor:
+    """Per-layer index lists -> the boolean mask of the neurons they block."""
+    mask = torch.zeros(total, dtype=torch.bool)
+    for selected in lists:
+        mask[list(selected)] = True
     return mask
 
 
-def selection_schedule(layers: Sequence[ValueLayer], theta: float, theta_step: float, theta_min: float,
-                       top_k: int) -> list[tuple[float, int]]:
-    """(theta, k) pairs tried in order: theta down by a step to its floor, k up by one, until
-    either reaches its end."""
+def selection_schedule(theta: float, theta_step: float, theta_min: float, top_k: int,
+                       k_max: int) -> list[tuple[float, int]]:
+    """(theta, k) pairs NeMo tries in order: after each failed selection theta falls by a step
+    (while above its floor) and k rises by one; the schedule ends as soon as theta reaches the
+    floor or k reaches k_max, so that value itself is never tried (official: 5 -> 1.25, k 0 -> 15)."""
     schedule = []
     k = top_k
-    smallest = min(layer.width for layer in layers)
     while True:
         schedule.append((theta, k))
-        if theta <= theta_min + 1e-9 or k >= smallest:
+        if theta > theta_min:
+            theta -= theta_step
+        k += 1
+        if theta <= theta_min + 1e-9 or k >= k_max:
             return schedule
-        theta, k = max(theta - theta_step, theta_min), k + 1

@@ -2,17 +2,16 @@
 noise, min-max normalised, compared by multi-scale SSIM; tau from reference prompts.
 
 The localization search compares a *search signal* (`SearchSignal`), blocked against unblocked.
-`noise_difference` is the paper's, eps(x_T) - x_T at the first step. `guidance_direction`
-compares eps_cond - eps_uncond instead (Wen et al.'s text-conditional prediction, both halves
-blocked): the part of the prediction that the cross-attention values can change at all. Where
-every prompt's first-step noise difference shares one structure (a pixel-space model of one
-anatomy), blocking cannot move the paper's signal, so the search could never succeed; the guidance
-direction goes to exactly zero when every value neuron is blocked. `signal_step` reads the signal
-k DDIM steps in (the blocked model drawing those steps), for models whose first step decides
-little of the image; it costs k more UNet calls per candidate test. Which samples count as
-memorized is always decided with the paper's signal and the detection threshold; a blocked set is
-judged against a threshold of the search signal, mean + 1 std of its pairwise scores on the
-reference prompts, as NeMo derives tau.
+`noise_difference` is the paper's, eps(x_T, t) - x_T at the paper's timestep t on the initial
+noise (`signal_timestep`). `guidance_direction` compares eps_cond - eps_uncond instead (Wen et
+al.'s text-conditional prediction, both halves blocked): the part of the prediction that the
+cross-attention values can change at all, which goes to exactly zero when every value neuron is
+blocked. `signal_step` reads the signal k DDIM steps in (the blocked model drawing those steps),
+for models whose first steps decide little of the image; it costs k more UNet calls per candidate
+test. These two are departures for the X-ray demo, reported beside the paper's signal. Which
+samples count as memorized is always decided with the paper's signal and the detection threshold;
+a blocked set is judged against a threshold of the search signal, mean + 1 std of its pairwise
+scores on the reference prompts, as NeMo derives tau.
 
 `score` is how blocked and unblocked signals are compared. `ms_ssim` is the paper's: shape only,
 so a direction blocked to half its strength still scores high. `projection` measures how much of
@@ -37,19 +36,30 @@ SIGNALS = ("noise_difference", "guidance_direction")
 SCORES = ("ms_ssim", "projection")
 
 
+def signal_timestep(model: DiffusionModel, steps: int = 50, index: int = 1) -> torch.Tensor:
+    """The timestep NeMo reads its noise difference at: `index` of the `steps`-step DDIM schedule.
+
+    The official code runs the 50-step loop, skips i = 0 and returns at i = 1 without ever
+    stepping the latents, so it reads timesteps[1] (961 on SD v1.4) on the initial noise.
+    """
+    timesteps = ddim_scheduler(model, steps).timesteps
+    if not 0 <= index < len(timesteps):
+        raise ValueError(f"config key 'detect.nemo_timestep': {index} is not a step of the {steps}-step schedule")
+    return timesteps[index]
+
+
 @torch.no_grad()
-def first_step_noise_differences(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[Sequence[int]],
-                                 steps: int, batch_size: int = 64) -> torch.Tensor:
-    """delta = eps(x_T, t_1, prompt) - x_T for every (prompt, seed): (prompts, n, C, H, W)."""
+def noise_differences(model: DiffusionModel, prompts: Sequence[str], seeds: Sequence[Sequence[int]],
+                      timestep: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """delta = eps(x_T, t, prompt) - x_T for every (prompt, seed), subtracted in fp32: (prompts, n, C, H, W)."""
     n = len(seeds[0])
     flat_seeds = [s for row in seeds for s in row]
     texts = [p for p in prompts for _ in range(n)]
-    t1 = ddim_scheduler(model, steps).timesteps[0]
     out = []
     for part in batch_slices(len(flat_seeds), batch_size):
         latents = initial_noise(flat_seeds[part], model.sample_shape, model.device, model.dtype)
-        eps = model.unet(latents, t1, encoder_hidden_states=model.encode_prompts(texts[part])).sample
-        out.append((eps - latents).float().cpu())
+        eps = model.unet(latents, timestep, encoder_hidden_states=model.encode_prompts(texts[part])).sample
+        out.append((eps.float() - latents.float()).cpu())
     return torch.cat(out).view(len(prompts), n, *model.sample_shape)
 
 
@@ -139,6 +149,8 @@ class SignalSettings(Protocol):
 
     signal: str
     signal_step: int
+    nemo_steps: int
+    nemo_timestep: int
     score: str
     steps: int
     batch_size: int
@@ -167,6 +179,7 @@ class SearchSignal:
             with torch.no_grad():
                 self._empty = model.encode_prompts([""])
         self.scheduler = ddim_scheduler(model, settings.steps)
+        self.paper_timestep = signal_timestep(model, settings.nemo_steps, settings.nemo_timestep)
         if not 0 <= settings.signal_step < len(self.scheduler.timesteps):
             raise ValueError(f"config key 'localize.signal_step': {settings.signal_step} is not a step of the "
                              f"{len(self.scheduler.timesteps)}-step DDIM schedule")
@@ -186,10 +199,12 @@ class SearchSignal:
             signal: str | None = None, step: int | None = None) -> torch.Tensor:
         """Signal maps for latents (B, ...) at a DDIM step, optional per-sample masks.
 
-        `cond` is one prompt's embedding (1, tokens, dim) or one per latent. At step k > 0 the
-        samples first follow k conditional DDIM steps with the same neurons blocked (one UNet
-        call each), so the signal is read where the blocked sampler would be; the signal's call
-        then runs both halves for the guidance direction, each sample's mask applied to both.
+        `cond` is one prompt's embedding (1, tokens, dim) or one per latent. Step 0 reads the
+        signal on the initial noise at the paper's timestep (`signal_timestep`). At step k > 0 the
+        samples first follow k conditional DDIM steps of the `steps` schedule with the same
+        neurons blocked (one UNet call each), so the signal is read where the blocked sampler
+        would be; the signal's call then runs both halves for the guidance direction, each
+        sample's mask applied to both.
         """
         settings = self.settings
         signal = signal or settings.signal
@@ -207,13 +222,14 @@ class SearchSignal:
                 for t in timesteps[:step]:
                     eps = self.model.unet(x, t, encoder_hidden_states=embeds).sample
                     x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+                read_at = self.paper_timestep if step == 0 else timesteps[step]
                 if guided:
-                    both = self.model.unet(torch.cat([x, x]), timesteps[step],
+                    both = self.model.unet(torch.cat([x, x]), read_at,
                                            encoder_hidden_states=torch.cat([self._empty.expand(len(x), -1, -1), embeds]))
                     eps_uncond, eps_cond = both.sample.chunk(2)
                     maps = eps_cond - eps_uncond
                 else:
-                    maps = self.model.unet(x, timesteps[step], encoder_hidden_states=embeds).sample - x
+                    maps = self.model.unet(x, read_at, encoder_hidden_states=embeds).sample.float() - x.float()
             out.append(maps.float())
         return torch.cat(out)
 
@@ -221,7 +237,7 @@ class SearchSignal:
         return ms_ssim(a, b, self.kernel, self.settings.betas)
 
     def memorization(self, latents: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The paper's normalised first-step noise differences and each sample's highest MS-SSIM to
+        """The paper's normalised noise differences and each sample's highest MS-SSIM to
         another: which samples are memorized is decided on the detection signal, whatever the
         search compares."""
         deltas = self.maps(latents, cond, None, "noise_difference", 0)
