@@ -15,8 +15,8 @@ rule localize:
     params:
         torch=torch_settings(model=True),
         localize=localize_settings,
-        seed=config["generate"]["seed"],
         steps=config["detect"]["steps"],
+        nemo_signal={key: config["detect"][key] for key in ("nemo_steps", "nemo_timestep")},
         sample_check=sample_check_settings,
     conda:
         "../envs/mnemo.yaml"

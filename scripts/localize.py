@@ -10,7 +10,7 @@ from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
-    config = LocalizeConfig(**settings, seed=snakemake.params.seed, steps=snakemake.params.steps)
+    config = LocalizeConfig(**settings, steps=snakemake.params.steps, **snakemake.params.nemo_signal)
     model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
     scores = pq.read_table(snakemake.input.scores, columns=["prompt_id", "nemo_flagged"]).to_pylist()

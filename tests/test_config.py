@@ -50,6 +50,9 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
         (lambda c: c["localize"].update(signal="attention"), "localize.signal"),
         (lambda c: c["localize"].update(score="cosine"), "localize.score"),
         (lambda c: c["localize"].update(signal_step=25), "localize.signal_step"),  # detect.steps is 25
+        (lambda c: c["localize"].update(seed=c["generate"]["seed"]), "localize.seed"),  # evaluation's seeds
+        (lambda c: c["localize"].update(on_no_pass="widest"), "localize.on_no_pass"),
+        (lambda c: c["detect"].update(nemo_timestep=50), "detect.nemo_timestep"),  # nemo_steps is 50
         (lambda c: c["report"].update(grid_detector="wen_first_n2"), "report.grid_detector"),  # wen_n [1, 4]
     ],
 )

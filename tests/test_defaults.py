@@ -49,7 +49,8 @@ TABLE: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     }),
     "mnemo.nemo.localize:LocalizeConfig": (("localize",), {
         "steps": "detect.steps, passed by the localize rule",
-        "seed": "generate.seed, passed by the localize rule",
+        "nemo_steps": "detect.nemo_steps, passed by the localize rule (detection and search share the signal)",
+        "nemo_timestep": "detect.nemo_timestep, passed by the localize rule",
     }),
     "mnemo.nemo.sample_check:SampleCheckConfig": (("localize", "sample_check"), {
         "guidance": "the variant's highest mitigation guidance, passed by the localize rule",

@@ -195,17 +195,17 @@ def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_m
     check = _SampleCheckStub(needed=10, per_call=per_call)
     result, _ = _search(tiny_model, mode, essential, monkeypatch, check)
     initial = set(result.initial_neurons)
-    assert result.pruned_count == 3                           # NeMo's refinement alone
-    assert len(result.refined_neurons) == 10                  # the neuron pass drops one at a time
-    assert set(essential) <= set(result.refined_neurons) <= initial
-    assert result.success and result.sample_similarity == 0.0
+    assert result.refined_neurons == essential                # NeMo's refinement alone, reported as such
+    assert len(result.checked_neurons) == 10                  # the neuron pass drops one at a time
+    assert set(essential) <= set(result.checked_neurons) <= initial
+    assert result.checked_success and result.sample_similarity == 0.0
     assert check.drawn[0][0] == 3                             # the refined set is drawn first
     assert len(check.drawn) <= 1 + 2 + math.ceil(math.log2(len(initial)))
     assert result.unet_calls > 0 and result.sample_checks == len(check.drawn) + 1
 
-    # samples that do not show one image: nothing to check, NeMo's set stands
+    # samples that do not show one image: nothing to check, no checked set
     result, _ = _search(tiny_model, mode, essential, monkeypatch, _SampleCheckStub(needed=10, agreement=0.2))
-    assert result.refined_neurons == essential and result.sample_checks == 1
+    assert result.refined_neurons == essential and result.checked_neurons == [] and result.sample_checks == 1
 
     # the initial selection leaves the samples copying: wider selections of the schedule come next
     loose = dict(essential=[], theta=1.5)    # every set removes the signal; the schedule has two wider ones
@@ -214,9 +214,9 @@ def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_m
     initial = set(result.initial_neurons)
     result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
                         sample_check=_SampleCheckStub(needed=len(initial) + 1))
-    assert set(result.refined_neurons) > initial and result.success and result.refined_score == 0.0
+    assert set(result.checked_neurons) > initial and result.checked_success and result.checked_score == 0.0
     result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose, sample_check=_SampleCheckStub(needed=10_000))
-    assert set(result.refined_neurons) > initial and not result.success   # none passes: the widest, failed
+    assert set(result.checked_neurons) > initial and not result.checked_success   # none passes: the widest, failed
 
 
 def _groups(n, total=8):

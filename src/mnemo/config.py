@@ -174,7 +174,15 @@ def check(config: Mapping[str, Any]) -> None:
                           f"(one of {', '.join(detectors)})")
     if detect.get("wen_n") and max(detect["wen_n"]) > detect.get("generations", 0):
         raise ConfigError("config key 'detect.wen_n': every n must be at most detect.generations")
-    signal_step = config.get("localize", {}).get("signal_step", 0)
+    localize = config.get("localize", {})
+    evaluation_seed = config.get("generate", {}).get("seed")
+    if localize.get("seed") is not None and localize.get("seed") == evaluation_seed:
+        raise ConfigError(f"config key 'localize.seed': {localize['seed']} equals generate.seed; localization "
+                          "must not see the seeds its mitigations are evaluated on (paper: localize 1, evaluate 2)")
+    if "nemo_timestep" in detect and detect["nemo_timestep"] >= detect.get("nemo_steps", 50):
+        raise ConfigError(f"config key 'detect.nemo_timestep': {detect['nemo_timestep']} is not a step of the "
+                          f"{detect.get('nemo_steps', 50)}-step schedule (detect.nemo_steps)")
+    signal_step = localize.get("signal_step", 0)
     if "steps" in detect and signal_step >= detect["steps"]:
         raise ConfigError(f"config key 'localize.signal_step': {signal_step} is not a step of the "
                           f"{detect['steps']}-step schedule (detect.steps); at most {detect['steps'] - 1}")

@@ -95,13 +95,25 @@ def random_like(layers: Sequence[ValueLayer], neurons: Sequence[int], seed: str)
     return sorted(out)
 
 
+NEURON_SETS = ("refined", "initial", "checked")
+
+
 def neurons_to_block(localized: Sequence[dict[str, Any]], which: str = "refined") -> dict[str, list[int]]:
-    """Per prompt, the refined neurons (or the initial selection where refinement did not
-    succeed), or with which="initial" the initial selection: what refinement pruned from."""
-    if which not in ("refined", "initial"):
-        raise ValueError(f"neurons: {which!r} is not 'refined' or 'initial'")
-    return {r["prompt_id"]: list(r["refined_neurons"] if r["success"] and which == "refined" else r["initial_neurons"])
-            for r in localized if r["memorized"]}
+    """Per memorized prompt, the neurons a mitigation blocks: NeMo's refined set ("refined", as the
+    official code blocks it, relaxed searches included; the initial selection where refinement
+    did not run), the initial selection ("initial") or the sample check's widened set ("checked",
+    a departure from the paper, judged as its own mitigation)."""
+    if which not in NEURON_SETS:
+        raise ValueError(f"neurons: {which!r} is not one of {NEURON_SETS}")
+
+    def chosen(row: dict[str, Any]) -> list[int]:
+        if which == "checked" and row.get("checked_neurons"):
+            return list(row["checked_neurons"])
+        if which != "initial" and row["refined_neurons"]:
+            return list(row["refined_neurons"])
+        return list(row["initial_neurons"])
+
+    return {r["prompt_id"]: chosen(r) for r in localized if r["memorized"]}
 
 
 def frequent_neurons(found: Iterable[Sequence[int]], min_share: float = 0.0) -> list[int]:

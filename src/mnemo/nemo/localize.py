@@ -63,7 +63,7 @@ class LocalizeConfig:
     nemo_timestep: int = 1
     factor: float = 0.0
     steps: int = 25
-    seed: int = 0
+    seed: int = 1
     kernel_size: int | str = "auto"
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 256
@@ -106,7 +106,9 @@ class LocalizationResult:
     refine_threshold: float = float("nan")
     success: bool = False
     score_tau: float = float("nan")  # the threshold the blocked score had to reach
-    pruned_count: int = 0           # neurons NeMo's refinement kept, before the sample check widened them
+    checked_neurons: list[int] = field(default_factory=list)  # the sample check's set (a departure: its own mitigation)
+    checked_score: float = float("nan")
+    checked_success: bool = False
     sample_agreement: float = float("nan")   # unblocked samples' median best match among themselves
     sample_similarity: float = float("nan")  # blocked samples' similarity to the unblocked consensus (check's quantile)
     sample_checks: int = 0          # denoising batches the sample check drew
@@ -245,18 +247,18 @@ class Localizer:
         chain: Chain = [(wider, None) for wider in reversed(sets[chosen + 1:])]
         chain.append((initial, result.initial_score))
         current, score = self.refinement.refine(state, selections[chosen], result.initial_score, self.layers, chain)
-        result.pruned_count = int(current.sum())
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
         result.success = result.refined_score <= state.tau
         return result, state, chain
 
     def _check_samples(self, state: _PromptState, chain: Chain, result: LocalizationResult) -> None:
-        """Widen the refined set back along the pruning chain until the samples stop copying.
+        """The checked set: the refined set widened back along the pruning chain until the samples
+        stop copying (the `nemo_checked` mitigation; NeMo's own refined set is left as it is).
 
         Only where the unblocked samples reproduce one image (see `mnemo.nemo.sample_check`). The
         chain runs from the widest selection of the schedule through the initial one to the
-        refined set; the result is its smallest set that passes, or a failed search (the widest
+        refined set; the result is its smallest set that passes, or a failed check (the widest
         set) when none does.
         """
         check = self.sample_check
@@ -282,10 +284,10 @@ class Localizer:
         neurons, score = chain[index]
         if score is None:
             score = float(self.refinement.scores(state, [neurons])[0])
-        result.refined_neurons = torch.nonzero(neurons).flatten().tolist()
-        result.refined_score = float(score)
+        result.checked_neurons = torch.nonzero(neurons).flatten().tolist()
+        result.checked_score = float(score)
         result.sample_similarity = similarity[index]
-        result.success = chosen is not None and result.refined_score <= state.tau
+        result.checked_success = chosen is not None and result.checked_score <= state.tau
 
     def describe(self, neurons: Sequence[int]) -> list[tuple[str, int]]:
         """Global indices -> (layer name, channel)."""
@@ -334,7 +336,9 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
             "refined_neurons": r.refined_neurons, "refined_layers": layer_names(r.refined_neurons),
             "refined_channels": [locate(layers, n)[1] for n in r.refined_neurons],
             "refined_count": len(r.refined_neurons), "refined_score": r.refined_score,
-            "pruned_count": r.pruned_count, "sample_agreement": r.sample_agreement,
+            "checked_neurons": r.checked_neurons,
+            "checked_count": len(r.checked_neurons), "checked_score": r.checked_score,
+            "checked_success": r.checked_success, "sample_agreement": r.sample_agreement,
             "sample_similarity": r.sample_similarity, "sample_checks": r.sample_checks,
             "sample_seconds": r.sample_seconds,
             "success": r.success, "unet_calls": r.unet_calls, "seconds": r.seconds,
@@ -349,7 +353,8 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
         ("initial_count", pa.int32()), ("initial_score", pa.float64()),
         ("refined_neurons", pa.list_(pa.int32())), ("refined_layers", pa.list_(pa.string())),
         ("refined_channels", pa.list_(pa.int32())), ("refined_count", pa.int32()), ("refined_score", pa.float64()),
-        ("pruned_count", pa.int32()), ("sample_agreement", pa.float64()), ("sample_similarity", pa.float64()),
+        ("checked_neurons", pa.list_(pa.int32())), ("checked_count", pa.int32()),
+        ("checked_score", pa.float64()), ("checked_success", pa.bool_()), ("sample_agreement", pa.float64()), ("sample_similarity", pa.float64()),
         ("sample_checks", pa.int32()), ("sample_seconds", pa.float64()),
         ("success", pa.bool_()), ("unet_calls", pa.int32()), ("seconds", pa.float64()),
     ])
@@ -419,7 +424,7 @@ def localize_prompts(model: DiffusionModel, prompts: pa.Table, flagged: Sequence
                 f"(tau {tau:.3f}), blocked {config.score} {result.refined_score:.3f} (tau {result.score_tau:.3f}), "
                 f"{result.unet_calls} UNet calls, {result.seconds:.1f} s"
                 + ("" if sample_check is None else
-                   f"; samples agree {result.sample_agreement:.2f}, pruned {result.pruned_count}, "
+                   f"; samples agree {result.sample_agreement:.2f}, checked set {len(result.checked_neurons)}, "
                    f"blocked {result.sample_similarity:.2f} after {result.sample_checks} sample batches"))
             results.append(result)
     return layers, stats, results

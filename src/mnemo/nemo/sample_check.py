@@ -1,5 +1,9 @@
 """Checking a neuron set against what it has to change: the samples.
 
+A departure from NeMo, and an oracle risk: it widens sets by the same descriptor and threshold the
+mitigation table scores with. So its set is reported apart from NeMo's refined set and blocked by
+its own mitigation (`neurons: checked`), drawn on localization seeds and judged on evaluation seeds.
+
 NeMo's refinement prunes a neuron set until the search signal, read at one step, reaches its
 threshold. Where memorization is spread over many neurons, a pruned set can satisfy the signal
 and still let the samples reproduce the image, while the wider sets the pruning started from do
