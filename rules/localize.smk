@@ -5,6 +5,7 @@ rule localize:
     input:
         code("localize"),
         unpack(sample_check_inputs),
+        published_stats=lambda wc: config["localize"]["reference_stats"] or [],
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
         scores=f"{R}/detect/{{variant}}/scores.parquet",

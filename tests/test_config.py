@@ -53,6 +53,8 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
         (lambda c: c["localize"].update(seed=c["generate"]["seed"]), "localize.seed"),  # evaluation's seeds
         (lambda c: c["localize"].update(on_no_pass="widest"), "localize.on_no_pass"),
         (lambda c: c["detect"].update(nemo_timestep=50), "detect.nemo_timestep"),  # nemo_steps is 50
+        (lambda c: c["detect"].update(nemo_tau="high"), "detect.nemo_tau"),
+        (lambda c: c["localize"].update(reference_stats="/missing/stats.pt"), "localize.reference_stats"),
         (lambda c: c["report"].update(grid_detector="wen_first_n2"), "report.grid_detector"),  # wen_n [1, 4]
     ],
 )

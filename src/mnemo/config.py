@@ -182,6 +182,10 @@ def check(config: Mapping[str, Any]) -> None:
     if "nemo_timestep" in detect and detect["nemo_timestep"] >= detect.get("nemo_steps", 50):
         raise ConfigError(f"config key 'detect.nemo_timestep': {detect['nemo_timestep']} is not a step of the "
                           f"{detect.get('nemo_steps', 50)}-step schedule (detect.nemo_steps)")
+    stats_file = localize.get("reference_stats")
+    if stats_file and not Path(stats_file).is_file():
+        raise ConfigError(f"config key 'localize.reference_stats': {stats_file!r} not found; give the path of a "
+                          "(means, stds) .pt file such as NeMo's statistics_additional_laion_prompts_v1_4.pt")
     signal_step = localize.get("signal_step", 0)
     if "steps" in detect and signal_step >= detect["steps"]:
         raise ConfigError(f"config key 'localize.signal_step': {signal_step} is not a step of the "

@@ -13,6 +13,7 @@ class DetectConfig:
     nemo_samples: int = 10
     nemo_steps: int = 50
     nemo_timestep: int = 1
+    nemo_tau: float | None = None
     kernel_size: int | str = "auto"
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 64

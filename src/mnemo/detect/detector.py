@@ -28,9 +28,11 @@ def detect_prompts(model: DiffusionModel, prompts, config: DetectConfig, progres
     magnitudes = wen_magnitudes(model, ids, texts, config, progress)
     wen = summarize_wen(magnitudes, config.wen_n)
     nemo = nemo_detection(model, ids, texts, config)
-    if not reference.any():
-        raise ValueError("the prompt set has no reference (non-memorized) prompts to calibrate tau on")
-    tau = memorization_threshold(nemo.pairwise[reference])
+    computed = memorization_threshold(nemo.pairwise[reference]) if reference.any() else None
+    if config.nemo_tau is None and computed is None:
+        raise ValueError("the prompt set has no reference (non-memorized) prompts to calibrate tau on; "
+                         "give them, or pin config key 'detect.nemo_tau' (0.428 for SD v1.4)")
+    tau = computed if config.nemo_tau is None else float(config.nemo_tau)
     above = (nemo.sample_max > tau).sum(dim=1)
 
     scores = {
@@ -64,6 +66,8 @@ def detect_prompts(model: DiffusionModel, prompts, config: DetectConfig, progres
     ]))
     threshold = {
         "tau": tau,
+        "computed_tau": computed,
+        "pinned": config.nemo_tau is not None,
         "reference_prompts": int(reference.sum()),
         "reference_pairs": int(reference.sum()) * n_pairs,
         "kernel_size": nemo.kernel_size,

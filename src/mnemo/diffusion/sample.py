@@ -48,9 +48,12 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.de
 
 
 def ddim_scheduler(model: DiffusionModel, steps: int):
+    """DDIM on the model's noise schedule. Latent models never clip the predicted x_0 to [-1, 1]
+    (`StableDiffusionPipeline` turns `clip_sample` off the same way); pixel models keep their setting."""
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    overrides = {"clip_sample": False} if model.vae is not None else {}
+    scheduler = DDIMScheduler.from_config(model.scheduler.config, **overrides)
     scheduler.set_timesteps(steps, device=model.device)
     return scheduler
 

@@ -34,12 +34,11 @@ def value_layers(unet: torch.nn.Module, blocks: Sequence[str] = DEFAULT_BLOCKS) 
         raise ValueError(f"unknown UNet block group(s) {sorted(unknown)}; use down, mid, up")
     layers: list[ValueLayer] = []
     offset = 0
-    for name, module in unet.named_modules():
-        if not name.endswith("attn2"):
-            continue
-        group = name.split("_", 1)[0]  # down_blocks / mid_block / up_blocks
-        if group not in blocks:
-            continue
+    forward_order = {"down": 0, "mid": 1, "up": 2}   # diffusers registers up_blocks before mid_block
+    found = [(name, module) for name, module in unet.named_modules()
+             if name.endswith("attn2") and name.split("_", 1)[0] in blocks]  # down_blocks / mid_block / up_blocks
+    found.sort(key=lambda item: forward_order[item[0].split("_", 1)[0]])   # stable within a group
+    for name, module in found:
         if getattr(module, "to_kv", None) is not None or getattr(module, "fused_projections", False):
             raise RuntimeError(
                 f"{name} has fused key/value projections (fuse_qkv_projections()); hooks on to_v "

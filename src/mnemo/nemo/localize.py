@@ -35,6 +35,7 @@ from mnemo.nemo.selection import (
     as_mask,
     encode_prompts,
     initial_candidates,
+    load_reference_stats,
     reference_statistics,
     selection_schedule,
 )
@@ -61,6 +62,7 @@ class LocalizeConfig:
     on_no_pass: str = "relax"
     nemo_steps: int = 50
     nemo_timestep: int = 1
+    reference_stats: str | None = None
     factor: float = 0.0
     steps: int = 25
     seed: int = 1
@@ -402,7 +404,8 @@ def localize_prompts(model: DiffusionModel, prompts: pa.Table, flagged: Sequence
     texts = {r["prompt_id"]: r["prompt"] for r in records}
     reference = [r for r in records if r["reference"]]
     embeds = encode_prompts(model, [r["prompt"] for r in reference])
-    stats = reference_statistics(model, layers, embeds)
+    stats = (load_reference_stats(config.reference_stats, layers) if config.reference_stats
+             else reference_statistics(model, layers, embeds))
     signal = SearchSignal(model, layers, config, embeds)
     score_tau = search_threshold(model, layers, stats, tau, config, reference, signal)
     if not config.paper_signal:

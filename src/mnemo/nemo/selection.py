@@ -46,6 +46,23 @@ def reference_statistics(model: DiffusionModel, layers: Sequence[ValueLayer], pr
     return ReferenceStats(activations.mean(0), activations.std(0), len(embeds))
 
 
+def load_reference_stats(path: str, layers: Sequence[ValueLayer]) -> ReferenceStats:
+    """Published per-layer statistics, e.g. NeMo's `statistics_additional_laion_prompts_v1_4.pt`:
+    a (means, stds) pair of per-layer tensors in the searched layers' order (SD: 6 down, then mid)."""
+    try:
+        means, stds = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"config key 'localize.reference_stats': {path} is not a (means, stds) pair of "
+                         f"per-layer tensors ({error})") from None
+    widths = [layer.width for layer in layers]
+    given = [int(m.numel()) for m in means]
+    if given != widths or [int(s.numel()) for s in stds] != widths:
+        raise ValueError(f"config key 'localize.reference_stats': {path} holds statistics for layers of widths "
+                         f"{given}; the searched layers ({len(layers)}) have widths {widths}")
+    return ReferenceStats(torch.cat([m.flatten() for m in means]).double(),
+                          torch.cat([s.flatten() for s in stds]).double(), 0)
+
+
 def initial_candidates(stats: ReferenceStats, layers: Sequence[ValueLayer], activation: torch.Tensor,
                        theta: float, top_k: int) -> list[list[int]]:
     """Per layer, the OOD neurons (|a - mu| / sigma > theta, ascending) followed by the top-k by raw
