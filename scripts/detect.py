@@ -1,7 +1,8 @@
 import pyarrow.parquet as pq
 
 from mnemo.detect.detector import DetectConfig, detect_prompts
-from mnemo.workflow import job, load_model, write_json, write_parquet
+from mnemo.diffusion.loading import load_model
+from mnemo.workflow import job, write_json, write_parquet
 
 with job(snakemake) as log:
     config = DetectConfig(**snakemake.params.detect, seed=snakemake.params.seed)

@@ -1,5 +1,6 @@
 import pyarrow.parquet as pq
 
+from mnemo.diffusion.loading import load_model
 from mnemo.diffusion.sample import (
     generate,
     plan_requests,
@@ -9,7 +10,7 @@ from mnemo.diffusion.sample import (
 from mnemo.mitigate.neurons import build_mitigation, mitigation_info_table
 from mnemo.mitigate.wen_embedding import reference_magnitude
 from mnemo.nemo.localize import read_localized
-from mnemo.workflow import fault_point, job, load_model, write_parquet
+from mnemo.workflow import fault_point, job, write_parquet
 
 with job(snakemake) as log:
     settings = snakemake.params.generate

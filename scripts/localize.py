@@ -2,10 +2,11 @@ import pyarrow.parquet as pq
 
 from mnemo.copydetect.descriptors import build_descriptor
 from mnemo.copydetect.embeddings import read_embeddings
+from mnemo.diffusion.loading import load_model
 from mnemo.nemo.blocking import value_layers
 from mnemo.nemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
 from mnemo.nemo.sample_check import SampleCheck, SampleCheckConfig
-from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
+from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)

@@ -2,10 +2,11 @@ import pyarrow.parquet as pq
 
 from mnemo.copydetect.descriptors import build_descriptor
 from mnemo.data.dataset import cache_images, read_cache
+from mnemo.diffusion.loading import load_model
 from mnemo.mitigate.retrigger import RetriggerConfig, retrigger_table, run_retrigger
 from mnemo.nemo.blocking import value_layers
 from mnemo.nemo.localize import read_localized
-from mnemo.workflow import device_of, job, load_model, read_json, write_parquet
+from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.retrigger)
