@@ -6,6 +6,7 @@ rule localize:
         code("localize"),
         unpack(sample_check_inputs),
         published_stats=lambda wc: config["localize"]["reference_stats"] or [],
+        published_neurons=lambda wc: config["localize"]["published"] or [],
         model=model_dir,
         prompts=f"{R}/prompts/prompts.parquet",
         scores=f"{R}/detect/{{variant}}/scores.parquet",
@@ -13,6 +14,8 @@ rule localize:
     output:
         neurons=f"{R}/localize/{{variant}}/neurons.parquet",
         reference=f"{R}/localize/{{variant}}/reference_stats.parquet",
+        statistics=f"{R}/localize/{{variant}}/memorization_statistics.csv",
+        published=f"{R}/localize/{{variant}}/published_comparison.parquet",
     params:
         torch=torch_settings(model=True),
         localize=localize_settings,

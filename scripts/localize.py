@@ -5,12 +5,19 @@ from mnemo.copydetect.embeddings import read_embeddings
 from mnemo.diffusion.loading import load_model
 from mnemo.nemo.blocking import value_layers
 from mnemo.nemo.localize import LocalizeConfig, localize_prompts, reference_table, results_table
+from mnemo.nemo.published import (
+    compare_with_published,
+    published_table,
+    read_official,
+    write_official,
+)
 from mnemo.nemo.sample_check import SampleCheck, SampleCheckConfig
 from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
+    published = settings.pop("published")
     config = LocalizeConfig(**settings, steps=snakemake.params.steps, **snakemake.params.nemo_signal)
     model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
@@ -35,3 +42,9 @@ with job(snakemake) as log:
     table = results_table(results, layers, tau, config)
     write_parquet(table, snakemake.output.neurons)
     write_parquet(reference_table(layers, stats), snakemake.output.reference)
+    rows = [r for r in table.to_pylist() if r["mode"] == config.mode]
+    captions = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist(), strict=True))
+    widths = [layer.width for layer in layers]
+    write_official(snakemake.output.statistics, rows, captions, widths)
+    compared = compare_with_published(rows, captions, read_official(published), widths) if published else []
+    write_parquet(published_table(compared), snakemake.output.published)

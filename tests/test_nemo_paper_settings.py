@@ -11,6 +11,12 @@ from mnemo.detect.config import DetectConfig
 from mnemo.detect.detector import detect_prompts
 from mnemo.diffusion.sample import ddim_scheduler
 from mnemo.nemo.blocking import value_layers
+from mnemo.nemo.published import (
+    compare_with_published,
+    published_table,
+    read_official,
+    write_official,
+)
 from mnemo.nemo.selection import load_reference_stats, reference_statistics, selection_schedule
 from tests.conftest import TINY_PROMPTS
 
@@ -77,3 +83,29 @@ def test_published_statistics_load_in_layer_order_and_wrong_shapes_name_the_key(
     path.write_text("not a tensor file")
     with pytest.raises(ValueError, match="localize.reference_stats"):
         load_reference_stats(str(path), layers)
+
+
+def test_the_official_neuron_file_round_trips_and_compares_by_caption(tmp_path):
+    widths = [4, 4, 8]
+    rows = [{"prompt_id": "a", "memorized": True, "initial_neurons": [0, 5, 9, 15], "initial_score": 0.3,
+             "refined_neurons": [5, 9], "refined_score": 0.35},
+            {"prompt_id": "b", "memorized": False, "initial_neurons": [], "initial_score": float("nan"),
+             "refined_neurons": [], "refined_score": float("nan")}]
+    captions = {"a": 'The "Great Wave"; a print', "b": "an ordinary prompt"}
+    path = tmp_path / "ours.csv"
+    write_official(path, rows, captions, widths)
+    read = read_official(path)
+    assert read[captions["a"]] == {"initial": [[0], [1], [1, 7]], "refined": [[], [1], [1]]}
+    assert read[captions["b"]]["refined"] == [[], [], []]
+    published = {captions["a"]: {"initial": [], "refined": [[], [1], [2, 3]]}}
+    (compared,) = compare_with_published(rows, captions, published, widths)
+    assert (compared["ours"], compared["published"], compared["common"]) == (2, 3, 1)
+    assert compared["jaccard"] == pytest.approx(1 / 4)
+    assert published_table([compared]).num_rows == 1 and published_table([]).num_rows == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Caption;Initial Neurons;Refined Neurons\nx;[[1];[]\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_official(bad)
+    bad.write_text("Caption;URL\nx;y\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_official(bad)

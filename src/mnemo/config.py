@@ -182,6 +182,10 @@ def check(config: Mapping[str, Any]) -> None:
     if "nemo_timestep" in detect and detect["nemo_timestep"] >= detect.get("nemo_steps", 50):
         raise ConfigError(f"config key 'detect.nemo_timestep': {detect['nemo_timestep']} is not a step of the "
                           f"{detect.get('nemo_steps', 50)}-step schedule (detect.nemo_steps)")
+    published = localize.get("published")
+    if published and not Path(published).is_file():
+        raise ConfigError(f"config key 'localize.published': {published!r} not found; give the path of NeMo's "
+                          "per-prompt neuron file (memorization_statistics_v1_4.csv) or null")
     stats_file = localize.get("reference_stats")
     if stats_file and not Path(stats_file).is_file():
         raise ConfigError(f"config key 'localize.reference_stats': {stats_file!r} not found; give the path of a "
