@@ -7,7 +7,9 @@ these changes the weights both train to for a given seed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,3 +104,16 @@ class ShuffledBatches:
         idx = self.order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
         return idx
+
+
+def config_from_any(cls: type, config: Any) -> Any:
+    """A settings dataclass from itself, a (workflow config) dict with unknown keys ignored, or None."""
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in dict(config).items() if k in names}
+    if "channels" in kwargs:
+        kwargs["channels"] = tuple(kwargs["channels"])
+    return cls(**kwargs)

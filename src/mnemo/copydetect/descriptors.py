@@ -15,7 +15,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +29,7 @@ from mnemo.nn import (
     ShuffledBatches,
     adamw_warmup_cosine,
     as_uint8,
+    config_from_any,
     group_norm,
     resize,
     to_channels,
@@ -385,15 +386,7 @@ class CopyDetectTrainConfig:
         cls, config: CopyDetectTrainConfig | Mapping[str, Any] | None
     ) -> CopyDetectTrainConfig:
         """Accept a dataclass, a (workflow config) dict with unknown keys ignored, or None."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in dict(config).items() if k in names}
-        if "channels" in kwargs:
-            kwargs["channels"] = tuple(kwargs["channels"])
-        return cls(**kwargs)
+        return config_from_any(cls, config)
 
 
 def _pair_masks(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

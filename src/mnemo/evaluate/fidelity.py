@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +34,7 @@ from mnemo.detect.metrics import roc_auc
 from mnemo.nn import (
     ShuffledBatches,
     adamw_warmup_cosine,
+    config_from_any,
     group_norm,
     resize,
     to_channels,
@@ -296,15 +297,7 @@ class ClassifierTrainConfig:
         cls, config: ClassifierTrainConfig | Mapping[str, Any] | None
     ) -> ClassifierTrainConfig:
         """Accept a dataclass, a (workflow config) dict with unknown keys ignored, or None."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in dict(config).items() if k in names}
-        if "channels" in kwargs:
-            kwargs["channels"] = tuple(kwargs["channels"])
-        return cls(**kwargs)
+        return config_from_any(cls, config)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
