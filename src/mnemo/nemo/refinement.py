@@ -9,7 +9,9 @@ official code does; `batched` evaluates many candidate sets in one UNet call wit
 neuron mask. Greedy pruning's decisions depend on each other, so it scores a speculative tree of
 the likeliest next decisions (`speculation_tree`) and follows the branch the scores take. Both
 make the same decisions; the batched one makes far fewer UNet calls, at the cost of scoring sets
-off the path taken (free on a GPU with room in the batch, not on a CPU).
+off the path taken (free on a GPU with room in the batch, not on a CPU). One caveat: in a relaxed
+search the threshold is itself a score, so a test that removes a neuron of negligible effect lands
+on it within float noise, and the two modes (different batch shapes) may decide it differently.
 """
 
 from __future__ import annotations
