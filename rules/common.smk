@@ -221,7 +221,6 @@ def mitigation_inputs(wildcards):
 
 def table_sources(wildcards=None):
     """Every file the tables read, grouped by the view it feeds, with identifying columns."""
-    d0 = primary()
     matched = has_reference_images()
     sources = {
         "prompts": [(f"{R}/prompts/prompts.parquet", {})],
@@ -232,14 +231,16 @@ def table_sources(wildcards=None):
             for v, m in sample_sets()
             if matched
         ],
-        "matches_primary": [
-            (f"{R}/matches/{d0}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+        "matches": [
+            (f"{R}/matches/{d}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+            for d in descriptors()
             for v, m in sample_sets()
             if matched
         ],
         "samples_primary": [(f"{R}/samples/{v}/{m}.parquet", {}) for v, m in sample_sets()],
-        "embeddings_primary": [
-            (f"{R}/embeddings/{d0}/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+        "embeddings": [
+            (f"{R}/embeddings/{d}/{v}/{m}.parquet", {"descriptor": d, "variant": v, "mitigation": m})
+            for d in descriptors()
             for v, m in sample_sets()
         ],
         "detection_metrics": [

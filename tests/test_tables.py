@@ -75,15 +75,16 @@ def _samples(variant, mitigation):
     return rows
 
 
-def _write(tmp_path, with_matches=True, with_fidelity=True):
-    """The files of a run (two variants, one mitigation) and the views `table_sources` makes of them."""
+def _write(tmp_path, with_matches=True, with_fidelity=True, descriptors=("copydetect",)):
+    """The files of a run (two variants, one mitigation) and the views `table_sources` makes of them.
+    A descriptor after the first (primary) one sees every own-image similarity 0.25 lower."""
     prompts = pa.Table.from_pylist([
         {"prompt_id": pid, "prompt": pid, "group": group, "memorized_truth": truth, "reference": not truth,
          "train_patient_ids": [], "source_image_ids": own}
         for pid, group, truth, own in PROMPTS])
     pq.write_table(prompts, tmp_path / "prompts.parquet")
     sources = {"prompts": [(str(tmp_path / "prompts.parquet"), {})], "samples_primary": [],
-               "embeddings_primary": [], "match_prompts": [], "matches_primary": [], "detection_metrics": [],
+               "embeddings": [], "match_prompts": [], "matches": [], "detection_metrics": [],
                "fidelity": [], "classifier": []}
     for variant, mitigation in SETS:
         rows = _samples(variant, mitigation)
@@ -97,24 +98,30 @@ def _write(tmp_path, with_matches=True, with_fidelity=True):
             if mitigation == "nemo":
                 vector = NEMO_EMBEDDING.get(r["prompt_id"], ([0.0, 1.0], [0.0, 1.0]))[r["sample_index"]]
             embedding.append({"id": r["sample_id"], "embedding": vector})
-        pq.write_table(pa.Table.from_pylist(embedding), tmp_path / f"embeddings_{name}.parquet")
         tags = {"variant": variant, "mitigation": mitigation}
-        sources["embeddings_primary"].append((str(tmp_path / f"embeddings_{name}.parquet"), tags))
-        if with_matches:
+        for descriptor in descriptors:
+            shift = 0.0 if descriptor == descriptors[0] else 0.25
+            stem = f"{descriptor}_{name}"
+            pq.write_table(pa.Table.from_pylist(embedding), tmp_path / f"embeddings_{stem}.parquet")
+            sources["embeddings"].append((str(tmp_path / f"embeddings_{stem}.parquet"),
+                                          {"descriptor": descriptor, **tags}))
+            if not with_matches:
+                continue
+            own = [None if r["source_similarity"] is None else r["source_similarity"] - shift for r in rows]
             matches = pa.Table.from_pylist([
                 {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "group": r["prompt_id"].split("-")[0],
                  "guidance": r["guidance"], "nn_image_id": "img-a",
-                 "nn_similarity": r["source_similarity"] if r["source_similarity"] is not None else 0.3,
-                 "nn_same_patient": False, "source_similarity": r["source_similarity"],
-                 "topk_image_ids": ["img-a"], "topk_similarities": [0.3], "descriptor": "copydetect",
-                 "recipe": "native"} for r in rows], schema=match_schema())
-            pq.write_table(matches, tmp_path / f"matches_{name}.parquet")
+                 "nn_similarity": similarity if similarity is not None else 0.3,
+                 "nn_same_patient": False, "source_similarity": similarity,
+                 "topk_image_ids": ["img-a"], "topk_similarities": [0.3], "descriptor": descriptor,
+                 "recipe": "native"} for r, similarity in zip(rows, own, strict=True)], schema=match_schema())
+            pq.write_table(matches, tmp_path / f"matches_{stem}.parquet")
             diversity = pa.table({"prompt_id": pa.array([], pa.string()), "guidance": pa.array([], pa.float32()),
                                   "diversity": pa.array([], pa.float32())})
             pq.write_table(per_prompt(matches, diversity, {"0_5": 0.5, "0_7": 0.7, "calibrated": THRESHOLD}),
-                           tmp_path / f"matches_{name}_prompts.parquet")
-            sources["matches_primary"].append((str(tmp_path / f"matches_{name}.parquet"), tags))
-            sources["match_prompts"].append((str(tmp_path / f"matches_{name}_prompts.parquet"), tags))
+                           tmp_path / f"matches_{stem}_prompts.parquet")
+            sources["matches"].append((str(tmp_path / f"matches_{stem}.parquet"), tags))
+            sources["match_prompts"].append((str(tmp_path / f"matches_{stem}_prompts.parquet"), tags))
         if with_fidelity and (variant, mitigation) in FIDELITY:
             records = [{"guidance": g, "samples": 8, "label_auc_not_planted": auc, "label_auc_all": auc,
                         "label_auc_findings_not_planted": auc, "prompt_accuracy_not_planted": 0.5,
@@ -201,6 +208,7 @@ def test_the_tables_the_headline_summarises(tables):
     assert planted["calibrated_threshold"] == pytest.approx(THRESHOLD)
     assert replication["cfg", "nemo", 3.0, "planted"]["rate_at_calibrated"] == pytest.approx(0.5)
     mitigation = _by(tables["mitigation"], "variant", "mitigation", "guidance", "prompts_of")
+    assert {row["descriptor"] for row in tables["mitigation"].to_pylist()} == {"copydetect"}
     assert mitigation["cfg", "nemo", 3.0, "planted"]["own_replication_rate"] == pytest.approx(0.5)
     assert mitigation["cfg", "none", 3.0, "not planted"]["prompts"] == 3
     # other-000 (0.65 0.4) and other-001 (0.3 0.5): 1 of 4 samples above 0.6; heldout-000 has no own image
@@ -213,6 +221,28 @@ def test_the_tables_the_headline_summarises(tables):
     # no localization in this run: a one-row note, not a failure
     assert tables["localization"].column_names == ["note"]
     assert tables["localization"].to_pylist()[0]["note"].startswith("not computed in this run")
+
+
+def test_mitigations_are_judged_by_every_descriptor_and_the_rest_by_the_primary(tmp_path):
+    """A mitigation chosen with the primary descriptor (the sample check) is also judged by another:
+    here the second one sees every own-image similarity 0.25 lower, so nemo's planted samples
+    (0.5, 0.62 -> 0.25, 0.37) no longer copy by it, and unblocked ones (0.8, 0.7 -> 0.55, 0.45) neither."""
+    tables = run_queries(connect(_write(tmp_path, descriptors=("copydetect", "pixel")), SETTINGS), TABLE_NAMES)
+    mitigation = _by(tables["mitigation"], "variant", "mitigation", "guidance", "prompts_of", "descriptor")
+    assert mitigation["cfg", "nemo", 3.0, "planted", "copydetect"]["own_replication_rate"] == pytest.approx(0.5)
+    assert mitigation["cfg", "nemo", 3.0, "planted", "pixel"]["own_replication_rate"] == pytest.approx(0.0)
+    assert mitigation["cfg", "none", 3.0, "planted", "pixel"]["own_replication_rate"] == pytest.approx(0.0)
+    # twin similarity in each descriptor's own space (identical embeddings here)
+    assert (mitigation["cfg", "nemo", 3.0, "not planted", "pixel"]["median_twin_similarity"]
+            == pytest.approx(mitigation["cfg", "nemo", 3.0, "not planted", "copydetect"]["median_twin_similarity"]))
+    # the headline still reads the primary descriptor only
+    copying = _by(tables["headline"], "variant", "mitigation")["cfg", "nemo"]["copying_before_after"]
+    assert copying == "0.75 → 0.25"
+    text = summary_markdown(tables, "a run", "copydetect")
+    mitigations = text[text.index("## Mitigations"):text.index("## NeMo-style")]
+    assert "| pixel |" in mitigations and "| copydetect |" in mitigations
+    replication = text[text.index("## Replication"):text.index("## Memorization detection")]
+    assert "pixel" not in replication
 
 
 def test_the_summary_opens_with_the_headline(tables, tmp_path):

@@ -41,8 +41,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "Both searches on the same prompts: identical refined neurons, and their UNet calls."),
     ("neurons_per_layer", "Neurons per value layer", "Refined neurons of all localized prompts."),
     ("mitigation", "Mitigations",
-     "Primary descriptor, calibrated threshold. Twin similarity: each sample vs the unmitigated sample "
-     "drawn from the same seed."),
+     "Per descriptor, each at its own calibrated threshold: a mitigation chosen with one descriptor (the "
+     "sample check uses the primary) is judged by the others too. Twin similarity: each sample vs the "
+     "unmitigated sample drawn from the same seed, in that descriptor's space."),
     ("nemo_paper", "NeMo-style evaluation per prompt group",
      "Per prompt the median over its samples, then median and MAD over prompts: SSCD_Orig (similarity "
      "to the prompt's own training images), SSCD_Gen (to the unmitigated twin), D_SSCD (diversity)."),
@@ -92,8 +93,11 @@ def _columns(spec: str) -> str:
 
 
 EMPTY_VIEWS = {
-    "matches_primary": _columns("variant VARCHAR, mitigation VARCHAR, sample_id VARCHAR, prompt_id VARCHAR, "
-                                "guidance FLOAT, nn_image_id VARCHAR, nn_similarity FLOAT, source_similarity FLOAT"),
+    "matches": _columns("variant VARCHAR, mitigation VARCHAR, sample_id VARCHAR, prompt_id VARCHAR, "
+                        "guidance FLOAT, nn_image_id VARCHAR, nn_similarity FLOAT, source_similarity FLOAT, "
+                        "descriptor VARCHAR"),
+    "embeddings": _columns("descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, id VARCHAR, "
+                           "embedding FLOAT[]"),
     "match_prompts": _columns('descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, prompt_id VARCHAR, '
                               '"group" VARCHAR, guidance FLOAT, samples BIGINT, max_similarity FLOAT, '
                               'median_similarity FLOAT, max_source_similarity FLOAT, median_source_similarity FLOAT, '
@@ -108,6 +112,11 @@ EMPTY_VIEWS = {
                          "frechet_real BIGINT, frechet_fake BIGINT, frechet_feature_space VARCHAR"),
     "classifier": _columns("mean_auc DOUBLE"),
 }
+
+# Views over every descriptor that also get a `<name>_primary` view of the primary descriptor's rows.
+PRIMARY_VIEWS = ("matches", "embeddings")
+# Tables whose Markdown shows every descriptor (the others show the primary one).
+ALL_DESCRIPTOR_TABLES = ("calibration", "mitigation")
 
 # Columns left out of a view's sources (the samples' PNG bytes: the tables never read images).
 VIEW_COLUMNS = {"samples_primary": "* EXCLUDE (image)"}
@@ -137,6 +146,11 @@ def connect(sources: Mapping[str, Sequence[Source]], settings: Mapping[str, Any]
     con.execute(f"CREATE TABLE settings AS SELECT {selects}", [settings[name] for name in names])
     for name, entries in sources.items():
         register(con, name, [(path, labels) for path, labels in entries], VIEW_COLUMNS.get(name, "*"))
+    for name in PRIMARY_VIEWS:  # most tables judge by the primary descriptor alone
+        if name not in sources:
+            register(con, name, [])
+        con.execute(f"CREATE OR REPLACE VIEW {name}_primary AS SELECT * FROM {name} "
+                    "WHERE descriptor = (SELECT primary_descriptor FROM settings)")
     register(con, "benchmarks", list(benchmarks))
     return con
 
@@ -204,7 +218,7 @@ def markdown(table, once: Sequence[str] = ()) -> str:
 def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None = None,
                      preamble: str = "", figures: Sequence[str] = ()) -> str:
     """All tables as Markdown, the headline first; tables with a `descriptor` column show the primary
-    descriptor only (the CSV has every descriptor). `figures`: paths listed at the end (the figures
+    descriptor only (the CSV has every descriptor), except those in ALL_DESCRIPTOR_TABLES. `figures`: paths listed at the end (the figures
     of the HTML report)."""
     import pyarrow.compute as pc
 
@@ -216,7 +230,7 @@ def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None 
             continue
         table = tables[name]
         source = f"Table `{name}.csv`, query `mnemo/report/sql/{name}.sql`."
-        if primary and "descriptor" in table.column_names and name != "calibration":
+        if primary and "descriptor" in table.column_names and name not in ALL_DESCRIPTOR_TABLES:
             table = table.filter(pc.equal(table.column("descriptor"), primary)).drop_columns(["descriptor"])
             source += f" Descriptor: `{primary}` (all descriptors in the CSV)."
         if name == "headline":  # the answer first, its explanation under it

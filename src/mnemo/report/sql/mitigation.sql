@@ -1,26 +1,27 @@
--- Effect of each mitigation on planted (memorized) prompts and on the other prompts, at the
--- primary descriptor's calibrated threshold: prompts with no replicated sample, replication
--- rate, similarity; plus similarity of each sample to its unmitigated twin (same seed).
+-- Effect of each mitigation on planted (memorized) prompts and on the other prompts, per descriptor
+-- at its own calibrated threshold: prompts with no replicated sample, replication rate, similarity;
+-- plus similarity of each sample to its unmitigated twin (same seed) in that descriptor's space.
 -- "Own" columns count only copies of the prompt's own training images (NeMo's SSCD_Orig): a
 -- model that copies many training images can stop copying the memorized one and still copy others.
 WITH own AS (
-    SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
+    SELECT m.descriptor, m.variant, m.mitigation, m.guidance, m.prompt_id,
            avg(CAST(m.source_similarity > p.threshold_calibrated AS DOUBLE)) AS own_rate
-    FROM matches_primary m
-    JOIN match_prompts p USING (variant, mitigation, guidance, prompt_id)
-    WHERE p.descriptor = (SELECT primary_descriptor FROM settings) AND m.source_similarity IS NOT NULL
+    FROM matches m
+    JOIN match_prompts p USING (descriptor, variant, mitigation, guidance, prompt_id)
+    WHERE m.source_similarity IS NOT NULL
     GROUP BY ALL
 ), twins AS (
-    SELECT m.variant, m.mitigation, m.guidance, m.prompt_id,
+    SELECT e.descriptor, m.variant, m.mitigation, m.guidance, m.prompt_id,
            list_cosine_similarity(e.embedding::FLOAT[], u.embedding::FLOAT[]) AS twin_similarity
     FROM samples_primary m
-    JOIN embeddings_primary e ON e.variant = m.variant AND e.mitigation = m.mitigation AND e.id = m.sample_id
-    JOIN embeddings_primary u ON u.variant = m.variant AND u.mitigation = 'none' AND u.id = m.sample_id
+    JOIN embeddings e ON e.variant = m.variant AND e.mitigation = m.mitigation AND e.id = m.sample_id
+    JOIN embeddings u ON u.descriptor = e.descriptor AND u.variant = m.variant AND u.mitigation = 'none'
+                     AND u.id = m.sample_id
 ), twin_prompt AS (
-    SELECT variant, mitigation, guidance, prompt_id, avg(twin_similarity) AS twin_similarity
+    SELECT descriptor, variant, mitigation, guidance, prompt_id, avg(twin_similarity) AS twin_similarity
     FROM twins GROUP BY ALL
 )
-SELECT r.variant, r.mitigation, r.guidance,
+SELECT r.variant, r.mitigation, r.guidance, r.descriptor,
        CASE WHEN r."group" = 'planted' THEN 'planted' ELSE 'not planted' END AS prompts_of,
        count(*)                                                          AS prompts,
        avg(CAST(r.replication_rate_calibrated = 0 AS DOUBLE))            AS prompts_without_replication,
@@ -33,8 +34,7 @@ SELECT r.variant, r.mitigation, r.guidance,
        median(t.twin_similarity)                                         AS median_twin_similarity,
        median(r.diversity)                                               AS median_diversity
 FROM match_prompts r
-LEFT JOIN twin_prompt t USING (variant, mitigation, guidance, prompt_id)
-LEFT JOIN own o USING (variant, mitigation, guidance, prompt_id)
-WHERE r.descriptor = (SELECT primary_descriptor FROM settings)
+LEFT JOIN twin_prompt t USING (descriptor, variant, mitigation, guidance, prompt_id)
+LEFT JOIN own o USING (descriptor, variant, mitigation, guidance, prompt_id)
 GROUP BY ALL
-ORDER BY r.variant, prompts_of DESC, r.mitigation, r.guidance
+ORDER BY r.variant, prompts_of DESC, r.mitigation, r.guidance, r.descriptor
