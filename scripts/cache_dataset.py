@@ -10,6 +10,7 @@ with job(snakemake) as log:
         frontal_only=settings["frontal_only"],
         max_images=settings["max_images"],
         on_bad_image=settings["on_bad_image"],
+        multiframe=settings["multiframe"],
         workers=snakemake.threads,
     )
     summary = build_cache(

@@ -39,7 +39,8 @@ def test_default_config_is_valid_and_defaults_fill_in(config):
         (lambda c: c["variants"]["cfg"].update(guidance=[]), "variants.cfg.guidance"),
         (lambda c: c["dataset"].update(uncertainty="maybe"), "dataset.uncertainty"),
         (lambda c: c["dataset"].update(resolution=30), "dataset.resolution"),
-        (lambda c: c["dataset"].update(resolution=64), "dataset.resolution"),  # model trains at 32
+        (lambda c: (c["model"]["unet"].update(resolution=32), c["dataset"].update(resolution=64)),
+         "dataset.resolution"),  # set in both places, the two must agree
         (lambda c: c["model"]["unet"].update(norm_num_groups=7), "model.unet.norm_num_groups"),
         (lambda c: c["variants"]["cfg"].update(mitigations=["none", "nope"]), "variants.cfg.mitigations"),
         (lambda c: c["descriptors"].update(sscd={"kind": "sscd", "weights": "/missing/sscd.pt"}),

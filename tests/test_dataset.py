@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+import yaml
+from PIL import Image
 
 from mnemo.data import chexpert
 from mnemo.data.dataset import (
@@ -18,11 +23,16 @@ from mnemo.data.dataset import (
     CacheConfig,
     DatasetError,
     build_cache,
+    load_image,
     read_cache,
     read_csv,
 )
 from mnemo.data.privacy import load_salt, pseudonym
 from mnemo.phantoms import generate_phantom_dataset
+from tests import jpeg_writers
+from tests import radiograph_files as rf
+
+REPO = Path(__file__).resolve().parents[1]
 
 SALT = b"test-salt-0123456789abcdef"
 
@@ -138,7 +148,8 @@ def test_bad_dicom_is_skipped_and_counted(phantom_root, tmp_path):
     assert summary.images_rejected == 1
     assert summary.images_cached == summary.rows_selected - 1
     rejected = list(csv.DictReader((tmp_path / "rejected.csv").open()))
-    assert len(rejected) == 1 and rejected[0]["Path"].endswith(broken.name) and rejected[0]["reason"]
+    assert len(rejected) == 1 and rejected[0]["path"].endswith(broken.name) and rejected[0]["reason"]
+    assert rejected[0]["csv_line"] == "3" and rejected[0]["patient_id"].startswith("pat-")
 
 
 def test_monochrome1_is_inverted(tmp_path):
@@ -200,3 +211,229 @@ def test_calibration_set_holds_out_whole_patients_or_takes_every_image(phantom_r
     assert not set(held_patients) & {p for p in patients if p not in set(expected)}
     images, all_patients, _ = calibration_set(tmp_path / "cache", 0.3, every_image=True)
     assert all_patients == patients and images.shape[0] == len(patients)
+
+
+# ---------------------------------------------------------------------------------------------
+# Your own CheXpert and DICOM files (issue 20): every file made here, nothing downloaded
+# ---------------------------------------------------------------------------------------------
+
+def _own_tree(tmp_path: Path, files: dict[str, Callable[[Path], object]], **csv_options) -> tuple[Path, Path]:
+    """image_root with `files` (CSV Path -> writer) under it and a train.csv listing them."""
+    root = tmp_path / "root"
+    for relative, write in files.items():
+        write(root / relative)
+    return root, rf.chexpert_csv(root / "CheXpert-v1.0-small" / "train.csv", list(files), **csv_options)
+
+
+def _own_cache(root: Path, csv_path: Path, out: Path, **config):
+    """Cache, then check that no row was lost: cached + rejected == the CSV's rows."""
+    summary = build_cache(csv_path, root, out / "cache", CacheConfig(resolution=16, workers=1, **config), SALT,
+                          rejected_csv=out / "rejected.csv", progress=False)
+    rows = len(read_csv(csv_path, root))
+    rejected = list(csv.DictReader((out / "rejected.csv").open()))
+    assert summary.images_cached + len(rejected) == rows == summary.images_cached + summary.images_rejected
+    return summary, rejected
+
+
+def _view(patient: int, study: int = 1, name: str = "view1_frontal.jpg") -> str:
+    return f"CheXpert-v1.0-small/train/patient{patient:05d}/study{study}/{name}"
+
+
+def test_16bit_png_is_scaled_by_its_declared_bit_depth(tmp_path):
+    twelve = rf.ramp(bits=12)
+    declared = load_image(rf.png(tmp_path / "sbit12.png", twelve, significant_bits=12))
+    assert abs(declared.max() - twelve.max() / 4095) < 1e-6  # 12-bit content is not near-black
+    # per the PNG specification, sBIT data may be stored shifted up to 16 bits: the same image
+    spec = load_image(rf.png(tmp_path / "shifted.png", twelve << 4, significant_bits=12))
+    assert np.abs(spec - declared).max() < 1e-3
+    # without sBIT the mode's range (16 bits) is the divisor, whatever the image's own maximum
+    low = load_image(rf.png(tmp_path / "low.png", np.full((8, 8), 200, np.uint16)))
+    high = load_image(rf.png(tmp_path / "high.png", np.full((8, 8), 4095, np.uint16)))
+    assert low.max() == pytest.approx(200 / 65535) and high.max() == pytest.approx(4095 / 65535)
+    assert low.max() < high.max()
+    eight = load_image(rf.png(tmp_path / "eight.png", np.full((8, 8), 200, np.uint8)))
+    assert eight.max() == pytest.approx(200 / 255)
+
+
+def test_symlinked_folder_under_image_root_is_read_and_dotdot_still_refused(tmp_path):
+    elsewhere = tmp_path / "other_disk" / "patient00002"
+    rf.dicom(elsewhere / "study1" / "view1_frontal.dcm")
+    root, csv_path = _own_tree(tmp_path, {_view(1, name="view1_frontal.dcm"): rf.dicom})
+    (root / "CheXpert-v1.0-small/train/patient00002").symlink_to(elsewhere, target_is_directory=True)
+    rf.chexpert_csv(csv_path, [_view(1, name="view1_frontal.dcm"), _view(2, name="view1_frontal.dcm")])
+    summary, rejected = _own_cache(root, csv_path, tmp_path)
+    assert summary.images_cached == 2 and not rejected
+    rf.chexpert_csv(csv_path, [_view(1, name="view1_frontal.dcm"), "CheXpert-v1.0-small/../../x/patient1/study1/v.dcm"])
+    with pytest.raises(DatasetError, match="escapes the dataset root"):
+        read_csv(csv_path, root)
+
+
+def test_wrong_image_root_under_skip_shows_the_reasons(tmp_path, caplog):
+    _root, csv_path = _own_tree(tmp_path, {_view(k, name="view1_frontal.dcm"): rf.dicom for k in range(1, 8)})
+    wrong = tmp_path / "not_the_root"
+    wrong.mkdir()
+    with caplog.at_level(logging.INFO, logger="mnemo"), pytest.raises(DatasetError) as info:
+        build_cache(csv_path, wrong, tmp_path / "cache", CacheConfig(resolution=16, workers=1, on_bad_image="skip"),
+                    SALT, rejected_csv=tmp_path / "rejected.csv", progress=False)
+    message = str(info.value)
+    assert "every image was rejected (7 of 7 rows)" in message and "image_root" in message
+    assert "line 2 (" in message and "file not found" in message and "2 more" in message
+    assert "patient00001" in message and "patient00001" not in info.value.public  # terminal vs log
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 7 and all("file not found" in line for line in skipped)  # all of them in the log
+
+
+def test_files_are_recognised_by_content_not_extension(tmp_path):
+    def jpeg_named_dcm(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rf.ramp(bits=8)).astype(np.uint8)).save(path, format="JPEG")
+
+    files = {
+        _view(1, name="view1_frontal.dcm"): jpeg_named_dcm,
+        _view(2): lambda p: rf.dicom(p, preamble=False),  # bare DICOM data set named .jpg
+        _view(3, name="view1_frontal.jpg"): lambda p: rf.png(p, rf.ramp(bits=8).astype(np.uint8)),
+        _view(4, name="view1_frontal.png"): lambda p: p.parent.mkdir(parents=True) or p.write_text("not an image"),
+    }
+    root, csv_path = _own_tree(tmp_path, files)
+    with open(root / _view(2), "rb") as handle:
+        assert b"DICM" not in handle.read(132)
+    _summary, rejected = _own_cache(root, csv_path, tmp_path, on_bad_image="skip")
+    formats = read_cache(tmp_path / "cache", columns=["source_format"]).column("source_format").to_pylist()
+    assert formats == ["jpeg", "dicom", "png"]
+    assert [r["csv_line"] for r in rejected] == ["5"] and "not recognised" in rejected[0]["reason"]
+
+
+def _compressed(transfer_syntax: str) -> tuple[bytes | None, str]:
+    from pydicom import uid
+
+    image = rf.ramp(bits=12)
+    made = {uid.JPEGLosslessSV1: lambda: jpeg_writers.encode_lossless(image, 12),
+            uid.JPEGLossless: lambda: jpeg_writers.encode_lossless(image, 12),
+            uid.JPEGExtended12Bit: lambda: jpeg_writers.encode_extended12(image)}
+    return (made[transfer_syntax]() if transfer_syntax in made else None), transfer_syntax
+
+
+@pytest.mark.parametrize("name", ["JPEGLSLossless", "JPEGLosslessSV1", "JPEGLossless", "JPEGExtended12Bit",
+                                  "RLELossless", "JPEG2000Lossless"])
+def test_compressed_dicoms_are_decoded(tmp_path, name):
+    from pydicom import dcmread, uid
+
+    transfer_syntax = getattr(uid, name)
+    plain = rf.dicom(tmp_path / "plain.dcm")
+    frame, _ = _compressed(transfer_syntax)
+    if frame is None:  # pydicom encodes these itself (RLE natively, JPEG-LS via pyjpegls, J2K via openjpeg)
+        ds = dcmread(plain)
+        ds.compress(transfer_syntax)
+        ds.save_as(tmp_path / "compressed.dcm")
+    else:  # no package writes these: tests/jpeg_writers.py does
+        rf.dicom(tmp_path / "compressed.dcm", transfer_syntax=transfer_syntax, frame_bytes=frame)
+    assert dcmread(tmp_path / "compressed.dcm").file_meta.TransferSyntaxUID == transfer_syntax
+    tolerance = 2 / 4095 if transfer_syntax == uid.JPEGExtended12Bit else 1e-6
+    expected = load_image(plain)
+    assert np.abs(load_image(tmp_path / "compressed.dcm") - expected).max() <= tolerance
+
+
+def test_colour_palette_and_multiframe_dicoms(tmp_path):
+    grey = rf.ramp(bits=8).astype(np.uint8)
+    rgb = np.stack([grey, 255 - grey, grey // 2], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    as_png = load_image(tmp_path / "colour.png")
+    as_dicom = load_image(rf.dicom(tmp_path / "rgb.dcm", rgb, bits=8, photometric="RGB"))
+    assert np.abs(as_dicom - as_png).max() <= 1 / 255  # RGB DICOM and RGB PNG: the same luminance
+    ybr = load_image(rf.dicom(tmp_path / "ybr.dcm", _rgb_to_ybr(rgb), bits=8, photometric="YBR_FULL"))
+    assert np.abs(ybr - as_png).max() <= 3 / 255
+    # PALETTE COLOR: index i shows grey 65535 - 4096 i, so the LUT (not the index) is cached
+    indices = (np.arange(16 * 16) % 16).reshape(16, 16).astype(np.uint16)
+    palette = np.repeat((65535 - 4096 * np.arange(16))[:, None], 3, axis=1)
+    shown = load_image(rf.dicom(tmp_path / "palette.dcm", indices, bits=8, photometric="PALETTE COLOR",
+                                palette=palette))
+    assert np.abs(shown - (65535 - 4096 * indices) / 65535).max() < 1e-4
+    # multi-frame: rejected with a reason by default, or the configured frame
+    frames = np.stack([np.full((16, 16), 100 * (k + 1), np.uint16) for k in range(3)])
+    frames[:, :8] = 0
+    multi = rf.dicom(tmp_path / "multi.dcm", frames)
+    with pytest.raises(BadImageError, match=r"multi-frame DICOM \(3 frames\).*dataset.multiframe"):
+        load_image(multi)
+    assert load_image(multi, "middle").max() == 1.0 and load_image(multi, "first").max() == 1.0
+    root, csv_path = _own_tree(tmp_path, {_view(1, name="a.dcm"): lambda p: rf.dicom(p, frames),
+                                          _view(2, name="b.dcm"): rf.dicom})
+    summary, rejected = _own_cache(root, csv_path, tmp_path, on_bad_image="skip")
+    assert summary.images_cached == 1 and "multi-frame" in rejected[0]["reason"]
+    summary, rejected = _own_cache(root, csv_path, tmp_path, on_bad_image="skip", multiframe="first")
+    assert summary.images_cached == 2 and not rejected
+
+
+def _rgb_to_ybr(rgb: np.ndarray) -> np.ndarray:
+    """DICOM's YBR_FULL (ITU-R 601, full range) of 8-bit RGB."""
+    r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.clip(np.rint(np.stack([y, cb, cr], axis=-1)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("options", [{"bom": True, "crlf": True}, {"bom": True, "crlf": True, "delimiter": ";"}])
+def test_csv_saved_by_a_spreadsheet_is_read(tmp_path, options):
+    files = {_view(1, name="a.dcm"): rf.dicom, _view(2, name="b.dcm"): rf.dicom}
+    root, plain = _own_tree(tmp_path, files)
+    saved = rf.chexpert_csv(tmp_path / "excel.csv", list(files), **options)
+    assert saved.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [(r.path, r.labels, r.age) for r in read_csv(saved, root)] == \
+        [(r.path, r.labels, r.age) for r in read_csv(plain, root)]
+    summary, _ = _own_cache(root, saved, tmp_path)
+    assert summary.images_cached == 2
+
+
+def test_no_patient_folder_name_reaches_results(tmp_path, caplog):
+    files = {_view(20, name="a.dcm"): rf.dicom, _view(21, name="b.dcm"): lambda p: rf.dicom(p).write_bytes(b"x" * 300),
+             _view(22, name="c.dcm"): rf.dicom}
+    root, csv_path = _own_tree(tmp_path, files)
+    with caplog.at_level(logging.INFO):
+        _own_cache(root, csv_path, tmp_path, on_bad_image="skip")
+    written = b"".join(p.read_bytes() for p in tmp_path.glob("cache/*")) + (tmp_path / "rejected.csv").read_bytes()
+    logged = caplog.text
+    for folder in ("patient00020", "patient00021", "patient00022"):
+        assert folder.encode() not in written and folder not in logged
+    (row,) = csv.DictReader((tmp_path / "rejected.csv").open())
+    alias = pseudonym("patient00021", SALT, "pat-")
+    assert row["csv_line"] == "3" and row["patient_id"] == alias and row["path"].endswith(f"{alias}/study1/b.dcm")
+    with pytest.raises(BadImageError) as info:  # fail: the terminal gets the file, the log does not
+        _own_cache(root, csv_path, tmp_path)
+    assert "patient00021" in str(info.value) and "line 3" in str(info.value)
+    assert "patient00021" not in info.value.public and "line 3" in info.value.public
+
+
+def test_failed_decodes_write_one_line_per_file(tmp_path, caplog, capfd):
+    from pydicom import dcmread, uid
+
+    def broken_jpeg_ls(path: Path) -> None:  # valid header, garbage codestream: every plugin fails
+        ds = dcmread(rf.dicom(path))
+        ds.compress(uid.JPEGLSLossless)
+        ds.PixelData = ds.PixelData[:40] + b"\x13" * 200 + ds.PixelData[-40:]
+        ds.save_as(path)
+
+    files = {_view(1, name="a.dcm"): broken_jpeg_ls, _view(2, name="b.dcm"): broken_jpeg_ls,
+             _view(3, name="c.dcm"): rf.dicom}
+    root, csv_path = _own_tree(tmp_path, files)
+    with caplog.at_level(logging.DEBUG):
+        summary, rejected = _own_cache(root, csv_path, tmp_path, on_bad_image="skip")
+    assert summary.images_rejected == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+    assert [line.split(" (")[0] for line in lines if "skipped" in line] == ["skipped line 2", "skipped line 3"]
+    assert all("\n" not in line for line in lines)
+    assert "Traceback" not in capfd.readouterr().err
+    assert all("\n" not in r["reason"] and r["reason"] for r in rejected)
+
+
+def test_readme_own_data_example_works_as_written(tmp_path):
+    from mnemo.cli import check_config
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("### Your own CheXpert data", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    settings = yaml.safe_load(example)
+    root, csv_path = _own_tree(tmp_path, {_view(1, name="a.dcm"): rf.dicom})
+    settings["dataset"]["csv"], settings["dataset"]["image_root"] = str(csv_path), str(root)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(settings))
+    config, _ = check_config([tmp_path / "my.yaml"], REPO)
+    assert config["dataset"]["resolution"] == config["model"]["unet"]["resolution"] == 64

@@ -77,8 +77,19 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | str | Path) -> 
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise ConfigError(_describe(errors[0]))
+    derive(config)
     check(config)
     return config
+
+
+def derive(config: dict[str, Any]) -> None:
+    """Fill values that follow from others, so that a user sets each thing once: on the X-ray
+    track the UNet is built for the cached images, so an unset `model.unet.resolution` follows
+    `dataset.resolution` (a value set in both places must agree, see `check`)."""
+    dataset = config.get("dataset", {})
+    unet = config.get("model", {}).get("unet")
+    if dataset.get("source") in ("phantoms", "chexpert") and unet is not None and "resolution" in dataset:
+        unet.setdefault("resolution", dataset["resolution"])
 
 
 def variant_train_config(config: Mapping[str, Any], variant: str) -> dict[str, Any]:

@@ -61,8 +61,13 @@ def job(snakemake: Any) -> Iterator[logging.Logger]:
         yield logger
     except Exception as error:
         if type(error).__name__ in EXPECTED_ERRORS:
-            logger.error("%s", error)
+            # the log (under results/) gets the message without patient file names; the
+            # terminal gets the full one, so that the user can find the file to fix
+            public = getattr(error, "public", None) or str(error)
+            logger.error("%s", public)
             handle.flush()
+            if public != str(error):
+                print(f"{error}", file=sys.__stderr__, flush=True)
             raise SystemExit(1) from None  # the message is the diagnosis; no traceback
         logger.exception("job failed")
         raise

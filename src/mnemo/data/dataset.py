@@ -9,8 +9,11 @@ run or are listed in a rejected file and counted, never silently dropped.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
+import os
 import re
 import time
 from collections import deque
@@ -27,23 +30,19 @@ import torch.nn.functional as F
 
 from mnemo.data import chexpert
 from mnemo.data.images import decode_pngs, encode_png
-from mnemo.data.privacy import content_hash, pseudonym
+from mnemo.data.privacy import IdentifyingError, content_hash, pseudonym, public_path, scrub
 from mnemo.data.prompts import prompt_text
+from mnemo.data.radiograph import MULTIFRAME_CHOICES, BadImageError, load_image, read_radiograph
+
+__all__ = ["BadImageError", "CacheConfig", "DatasetError", "build_cache", "load_image", "read_csv"]
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
+REASONS_IN_ERROR = 5  # rejected files quoted in the error when every image is rejected
+LOGGER = logging.getLogger("mnemo.data")
 
 
-class DatasetError(ValueError):
+class DatasetError(IdentifyingError):
     """A problem with the dataset as a whole or one CSV row (always fatal)."""
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be read; carries the file so the message can name it."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass
@@ -53,6 +52,7 @@ class CacheConfig:
     frontal_only: bool = False
     max_images: int | None = None
     on_bad_image: str = "fail"
+    multiframe: str = "reject"
     shard_rows: int = 8192
     chunk_rows: int = 128
     workers: int = 2
@@ -64,6 +64,8 @@ class CacheConfig:
             )
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"dataset.on_bad_image={self.on_bad_image!r}; expected one of {BAD_IMAGE_POLICIES}")
+        if self.multiframe not in MULTIFRAME_CHOICES:
+            raise ValueError(f"dataset.multiframe={self.multiframe!r}; expected one of {MULTIFRAME_CHOICES}")
 
 
 @dataclass(frozen=True)
@@ -117,54 +119,74 @@ def _parse_age(raw: str, where: str) -> int | None:
     return int(value)
 
 
+def _open_csv(csv_path: Path) -> csv.DictReader:
+    """A DictReader over a CSV as spreadsheet programs save it: UTF-8 with or without a byte-order
+    mark, CRLF or LF line ends, comma, semicolon or tab separated, padded header names."""
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{csv_path}: not UTF-8 text ({error}); save it as CSV UTF-8") from None
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if reader.fieldnames is not None:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    return reader
+
+
 def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
-    """Parse and validate a CheXpert CSV. Paths must stay inside `image_root`."""
+    """Parse and validate a CheXpert CSV. Paths must stay inside `image_root`.
+
+    Containment is checked on the normalised path as written, not the resolved one: folders under
+    the root may be links to other disks, while `..` and absolute paths are still refused.
+    """
     csv_path = Path(csv_path)
-    root = Path(image_root).resolve()
+    root = Path(os.path.abspath(image_root))
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: CSV file not found")
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in chexpert.CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{csv_path}: missing CheXpert column(s) {', '.join(missing)}")
-        records = []
-        for line, row in enumerate(reader, start=2):
-            where = f"{csv_path}:{line}"
-            raw_path = (row["Path"] or "").strip()
-            if not raw_path:
-                raise DatasetError(f"{where}: empty Path")
-            file = (root / raw_path).resolve()
-            if Path(raw_path).is_absolute() or not file.is_relative_to(root):
-                raise DatasetError(f"{where}: Path {raw_path!r} escapes the dataset root {root}")
-            parts = Path(raw_path).parts
-            if len(parts) < 3 or not _STUDY_RE.match(parts[-2]):
-                raise DatasetError(
-                    f"{where}: Path {raw_path!r} is not in the CheXpert layout .../patientX/studyN/viewM.ext"
-                )
-            labels = {}
-            for observation in chexpert.OBSERVATIONS:
-                try:
-                    labels[observation] = chexpert.parse_label(row[observation])
-                except ValueError as error:
-                    raise DatasetError(f"{where}: column {observation!r}: {error}") from None
-            frontal_lateral = (row["Frontal/Lateral"] or "").strip()
-            if frontal_lateral not in ("Frontal", "Lateral"):
-                raise DatasetError(f"{where}: Frontal/Lateral {frontal_lateral!r} is not Frontal or Lateral")
-            records.append(
-                StudyRecord(
-                    row=line,
-                    path=raw_path,
-                    file=file,
-                    patient=parts[-3],
-                    study=int(_STUDY_RE.match(parts[-2]).group(1)),
-                    sex=(row["Sex"] or "").strip(),
-                    age=_parse_age(row["Age"], where),
-                    frontal_lateral=frontal_lateral,
-                    ap_pa=(row["AP/PA"] or "").strip() or None,
-                    labels=labels,
-                )
+    reader = _open_csv(csv_path)
+    missing = [c for c in chexpert.CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DatasetError(f"{csv_path}: missing CheXpert column(s) {', '.join(missing)}")
+    records = []
+    for line, row in enumerate(reader, start=2):
+        where = f"{csv_path}:{line}"
+        raw_path = (row["Path"] or "").strip()
+        if not raw_path:
+            raise DatasetError(f"{where}: empty Path")
+        file = Path(os.path.normpath(root / raw_path))
+        if Path(raw_path).is_absolute() or not file.is_relative_to(root):
+            raise DatasetError(f"{where}: Path {raw_path!r} escapes the dataset root {root}",
+                               f"{where}: Path escapes the dataset root {root}")
+        parts = Path(raw_path).parts
+        if len(parts) < 3 or not _STUDY_RE.match(parts[-2]):
+            raise DatasetError(
+                f"{where}: Path {raw_path!r} is not in the CheXpert layout .../patientX/studyN/viewM.ext",
+                f"{where}: Path is not in the CheXpert layout .../patientX/studyN/viewM.ext",
             )
+        labels = {}
+        for observation in chexpert.OBSERVATIONS:
+            try:
+                labels[observation] = chexpert.parse_label(row[observation])
+            except ValueError as error:
+                raise DatasetError(f"{where}: column {observation!r}: {error}") from None
+        frontal_lateral = (row["Frontal/Lateral"] or "").strip()
+        if frontal_lateral not in ("Frontal", "Lateral"):
+            raise DatasetError(f"{where}: Frontal/Lateral {frontal_lateral!r} is not Frontal or Lateral")
+        records.append(
+            StudyRecord(
+                row=line,
+                path=raw_path,
+                file=file,
+                patient=parts[-3],
+                study=int(_STUDY_RE.match(parts[-2]).group(1)),
+                sex=(row["Sex"] or "").strip(),
+                age=_parse_age(row["Age"], where),
+                frontal_lateral=frontal_lateral,
+                ap_pa=(row["AP/PA"] or "").strip() or None,
+                labels=labels,
+            )
+        )
     if not records:
         raise DatasetError(f"{csv_path}: the CSV lists no images")
     return records
@@ -173,71 +195,6 @@ def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
 # ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
-
-def _dicom_to_unit(path: Path) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as error:  # pydicom raises many types for broken files
-        raise BadImageError(path, f"unreadable DICOM ({type(error).__name__}: {error})") from None
-    if "PixelData" not in ds:
-        raise BadImageError(path, "DICOM has no pixel data")
-    try:
-        raw = ds.pixel_array
-    except Exception as error:
-        raise BadImageError(path, f"DICOM pixel data cannot be decoded ({type(error).__name__}: {error})") from None
-    if raw.ndim != 2:
-        raise BadImageError(path, f"expected one grey frame, got pixel array of shape {raw.shape}")
-    values = apply_modality_lut(raw, ds).astype(np.float64)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        windowed = apply_voi_lut(values, ds, prefer_lut=True)
-        low, high = apply_voi_lut(np.array([-1e12, 1e12]), ds, prefer_lut=True)
-    else:  # no VOI: robust range of this image
-        windowed = values
-        low, high = np.percentile(values, [0.5, 99.5])
-    if not high > low:
-        raise BadImageError(path, "image has no contrast (empty window)")
-    unit = np.clip((windowed - low) / (high - low), 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        unit = 1.0 - unit
-    return unit.astype(np.float32)
-
-
-def _bitmap_to_unit(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            grey = image.convert("I;16") if image.mode.startswith("I") else image.convert("L")
-            array = np.asarray(grey, dtype=np.float32)
-    except UnidentifiedImageError:
-        raise BadImageError(path, "not a readable JPEG/PNG image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImageError(path, f"image cannot be decoded ({type(error).__name__}: {error})") from None
-    scale = 65535.0 if array.max(initial=0) > 255 else 255.0
-    return array / scale
-
-
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Any supported file -> float32 (H, W) in [0, 1], bright = dense (MONOCHROME2)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadImageError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise BadImageError(path, "file is empty")
-    if _is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
-        return _dicom_to_unit(path)
-    return _bitmap_to_unit(path)
-
 
 def resize_square(image: np.ndarray, resolution: int) -> np.ndarray:
     """Centre-crop to a square, resize with antialiasing, quantise to uint8 (H, W)."""
@@ -251,21 +208,22 @@ def resize_square(image: np.ndarray, resolution: int) -> np.ndarray:
     return (resized.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def _preprocess_chunk(args: tuple[list[tuple[int, str]], int]) -> list[tuple[int, bytes | None, str, str]]:
-    """Worker: (row, file) pairs -> (row, png, content hash or '', error or '')."""
-    items, resolution = args
+def _preprocess_chunk(args: tuple[list[tuple[int, str]], int, str]) -> list[tuple[int, bytes | None, str, str, str]]:
+    """Worker: (row, file) pairs -> (row, png, content hash or '', source format or '', error or '')."""
+    items, resolution, multiframe = args
     torch.set_num_threads(1)
     out = []
     for row, file in items:
         try:
-            pixels = resize_square(load_image(file), resolution)
+            radiograph = read_radiograph(file, multiframe)
+            pixels = resize_square(radiograph.pixels, resolution)
         except BadImageError as error:
-            out.append((row, None, "", error.reason))
+            out.append((row, None, "", "", error.reason))
             continue
         except Exception as error:  # keep the file in the message whatever broke
-            out.append((row, None, "", f"{type(error).__name__}: {error}"))
+            out.append((row, None, "", "", f"{type(error).__name__}: {error}"))
             continue
-        out.append((row, encode_png(pixels), content_hash(pixels.tobytes()), ""))
+        out.append((row, encode_png(pixels), content_hash(pixels.tobytes()), radiograph.source_format, ""))
     return out
 
 
@@ -319,7 +277,6 @@ def _row_values(record: StudyRecord, salt: bytes, policy: str) -> dict:
         chexpert.column_name(o): chexpert.apply_uncertainty(record.labels[o], policy)
         for o in chexpert.OBSERVATIONS
     }
-    suffix = record.file.suffix.lower().lstrip(".")
     return {
         "image_id": pseudonym(record.path, salt, "img-"),
         "patient_id": pseudonym(record.patient, salt, "pat-"),
@@ -330,8 +287,54 @@ def _row_values(record: StudyRecord, salt: bytes, policy: str) -> dict:
         "age": record.age,
         **targets,
         "prompt": prompt_text(record.frontal_lateral, record.ap_pa, record.sex, record.age, record.labels, policy),
-        "source_format": "dicom" if suffix in ("dcm", "dicom", "") else suffix,
     }
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A CSV row whose image was not cached, identified without the patient's folder name."""
+
+    csv_line: int
+    patient_id: str
+    path: str  # the CSV Path with the patient folder replaced by patient_id
+    reason: str
+    private_path: str = field(default="", compare=False)  # for the terminal only
+
+    @classmethod
+    def of(cls, record: StudyRecord, reason: str, salt: bytes) -> Rejection:
+        public = public_path(record.path, record.patient, salt)
+        alias = pseudonym(record.patient, salt, "pat-")
+        # a decoder's message may quote the file: keep the patient folder out of it
+        reason = scrub(" ".join(reason.split()), {str(record.file): public, record.path: public, record.patient: alias})
+        return cls(record.row, alias, public, reason, str(record.file))
+
+    def describe(self, private: bool = False) -> str:
+        """One line: CSV line, file and reason (the public form unless `private`)."""
+        return f"line {self.csv_line} ({self.private_path if private else self.path}): {self.reason}"
+
+
+REJECTED_COLUMNS = ("csv_line", "patient_id", "path", "reason")
+
+
+def write_rejected(rejected: list[Rejection], path: str | Path) -> None:
+    """The rejected list: CSV line, hashed patient id, path with the patient folder hashed, reason."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(REJECTED_COLUMNS)
+        writer.writerows((r.csv_line, r.patient_id, r.path, r.reason) for r in rejected)
+
+
+def _all_rejected(csv_path: str | Path, image_root: str | Path, selected: list[StudyRecord],
+                  rejected: list[Rejection]) -> DatasetError:
+    """The error when nothing was cached: the first reasons, and a hint when no file exists at all."""
+    head = f"{csv_path}: every image was rejected ({len(rejected)} of {len(selected)} rows)"
+    if all(r.reason == "file not found" for r in rejected):
+        head += f"; none of the listed files exists under dataset.image_root {image_root}: is it the folder the CSV's Path column is relative to?"
+    shown = rejected[:REASONS_IN_ERROR]
+    more = f"\n  ... and {len(rejected) - len(shown)} more (every one is in the job log)" if len(rejected) > len(shown) else ""
+    private = "\n  ".join(r.describe(private=True) for r in shown)
+    public = "\n  ".join(r.describe() for r in shown)
+    return DatasetError(f"{head}; first reasons:\n  {private}{more}", f"{head}; first reasons:\n  {public}{more}")
 
 
 def build_cache(
@@ -365,10 +368,10 @@ def build_cache(
     )
 
     chunks = [
-        ([(r.row, str(r.file)) for r in selected[i : i + config.chunk_rows]], config.resolution)
+        ([(r.row, str(r.file)) for r in selected[i : i + config.chunk_rows]], config.resolution, config.multiframe)
         for i in range(0, len(selected), config.chunk_rows)
     ]
-    rejected: list[tuple[str, int, str]] = []
+    rejected: list[Rejection] = []
     buffer: list[dict] = []
     shards: list[str] = []
     cached = 0
@@ -387,15 +390,18 @@ def build_cache(
     try:
         bar = tqdm(total=len(selected), desc="cache", unit="img", disable=not progress, mininterval=2)
         for results in _bounded_map(executor, _preprocess_chunk, chunks, 2 * max(config.workers, 1)):
-            for row, png, digest, reason in results:
+            for row, png, digest, source_format, reason in results:
                 record = by_row[row]
                 if png is None:
+                    rejection = Rejection.of(record, reason, salt)
                     if config.on_bad_image == "fail":
-                        raise BadImageError(record.file, f"{reason} (CSV {csv_path} line {row})")
-                    rejected.append((record.path, row, reason))
+                        raise BadImageError(record.file, f"{reason} (CSV {csv_path} line {row})",
+                                            f"{rejection.describe()} (CSV {csv_path})")
+                    LOGGER.warning("skipped %s", rejection.describe())
+                    rejected.append(rejection)
                     continue
                 values = _row_values(record, salt, config.uncertainty)
-                values.update(image=png, content_hash=digest)
+                values.update(image=png, content_hash=digest, source_format=source_format)
                 buffer.append(values)
                 patients.add(values["patient_id"])
                 cached += 1
@@ -407,14 +413,13 @@ def build_cache(
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     flush()
+    if cached + len(rejected) != len(selected):  # the invariant the rejected list exists for
+        raise RuntimeError(f"{csv_path}: {cached} cached + {len(rejected)} rejected != {len(selected)} rows selected")
     if cached == 0:
-        raise DatasetError(f"{csv_path}: every image was rejected ({len(rejected)}); see the reasons above")
+        raise _all_rejected(csv_path, image_root, selected, rejected)
 
     if rejected_csv is not None:
-        with Path(rejected_csv).open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["Path", "csv_line", "reason"])
-            writer.writerows(rejected)
+        write_rejected(rejected, rejected_csv)
     seconds = time.perf_counter() - start
     return CacheSummary(
         csv=str(csv_path),

@@ -52,3 +52,29 @@ def pseudonym(value: str, salt: bytes, prefix: str = "") -> str:
 def content_hash(data: bytes) -> str:
     """Unkeyed hash of pixel content: equal images (planted duplicates) share it."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class IdentifyingError(ValueError):
+    """An error whose message may name a patient's file, with a `public` twin that does not.
+
+    The full message is for the person at the terminal, who must find the file to fix it; logs and
+    files under `results/` get `public`, where patient folder names are replaced by pseudonyms.
+    """
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = message if public is None else public
+
+
+def public_path(path: str, patient: str, salt: bytes) -> str:
+    """A CSV Path with its patient folder replaced by the patient's pseudonym (safe to log)."""
+    alias = pseudonym(patient, salt, "pat-")
+    return "/".join(alias if part == patient else part for part in Path(path).parts)
+
+
+def scrub(text: str, replacements: dict[str, str]) -> str:
+    """Replace every identifying string (longest first) by its public form."""
+    for secret in sorted(replacements, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, replacements[secret])
+    return text
