@@ -162,16 +162,20 @@ def test_the_html_report_is_written(demo):
 
 @pytest.mark.slow
 def test_no_patient_identifier_reaches_any_output(demo):
+    dataset = demo / "results/data/phantoms"
     secrets = set()
-    for dicom in (demo / "results/data/phantoms").rglob("*.dcm"):
+    for dicom in dataset.rglob("*.dcm"):
         ds = pydicom.dcmread(dicom, stop_before_pixels=True)
         secrets |= {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)}
-    assert len(secrets) > 10
+    folders = {Path(row["Path"]).parts[-3] for name in ("train.csv", "valid.csv")
+               for row in csv.DictReader((dataset / name).open())}
+    assert len(secrets) > 10 and len(folders) > 4 and all(f.startswith("patient") for f in folders)
+    secrets |= folders  # patient folder names (CheXpert's patient00020) are identifiers too
     salt = (demo / ".mnemo-salt").read_text().strip()
     scanned = 0
     for path in [*(demo / "results").rglob("*"), *(demo / ".snakemake" / "log").rglob("*")]:
-        if not path.is_file() or path.suffix == ".dcm":
-            continue  # the DICOM studies are the raw input, like a hospital export
+        if not path.is_file() or path.is_relative_to(dataset):
+            continue  # the phantom studies and their CSVs are the raw input, like a hospital export
         data = path.read_bytes()
         scanned += 1
         for secret in secrets:
@@ -240,12 +244,16 @@ def test_unreadable_image_fails_naming_the_file_or_is_skipped_and_counted(tmp_pa
     result = snakemake(tmp_path, "--cores", "1", target, configfiles=(TEST_CONFIG, failing), check=False)
     assert result.returncode != 0
     log = (tmp_path / "results/logs/cache_dataset/train.log").read_text()
-    assert broken.name in log and "Traceback" not in log
+    assert broken.name in log and "line 4" in log and "Traceback" not in log
+    patient = Path(rows[2]["Path"]).parts[-3]
+    assert patient not in log and rows[2]["Path"] in result.stdout + result.stderr  # the terminal names it
     config["dataset"]["on_bad_image"] = "skip"
     skipping = write_config(tmp_path / "skip.yaml", config)
     result = snakemake(tmp_path, "--cores", "1", target, configfiles=(TEST_CONFIG, skipping))
     assert "1 image(s) skipped" in result.stdout + result.stderr
     rejected = list(csv.DictReader((tmp_path / "results/cache/train_rejected.csv").open()))
-    assert [Path(r["Path"]).name for r in rejected] == [broken.name]
+    assert [(Path(r["path"]).name, r["csv_line"]) for r in rejected] == [(broken.name, "4")]
+    for path in (tmp_path / "results").rglob("*"):
+        assert not path.is_file() or patient.encode() not in path.read_bytes(), path
     cached = duckdb.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/results/cache/train/*.parquet')").fetchone()
     assert cached[0] == len(rows) - 1
