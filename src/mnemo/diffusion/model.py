@@ -138,6 +138,7 @@ class DiffusionModel:
     scheduler: Any
     vae: Any = None
     max_length: int = 77
+    image_channels: int | None = None  # channels of the training images when a VAE's differ (grey X-rays)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -177,6 +178,7 @@ class DiffusionModel:
         vae = None
         if (root / "vae" / "config.json").is_file():
             vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype).to(device)
+        index = json.loads((root / MODEL_INDEX).read_text()) if (root / MODEL_INDEX).is_file() else {}
         model = cls(
             unet=unet.to(device),
             text_encoder=text_encoder.to(device),
@@ -184,6 +186,7 @@ class DiffusionModel:
             scheduler=scheduler,
             vae=vae,
             max_length=min(int(tokenizer.model_max_length), text_encoder.config.max_position_embeddings),
+            image_channels=index.get("mnemo_image_channels"),
         )
         model.eval()
         return model
@@ -206,6 +209,8 @@ class DiffusionModel:
         }
         if self.vae is not None:
             index["vae"] = ["diffusers", "AutoencoderKL"]
+        if self.image_channels is not None:
+            index["mnemo_image_channels"] = self.image_channels
         (root / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
     # -- use ------------------------------------------------------------------------------
@@ -250,6 +255,8 @@ class DiffusionModel:
         """Denoised samples -> uint8 images (N, C, H, W); latent models go through the VAE."""
         if self.vae is not None:
             x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            if self.image_channels == 1 and x.shape[1] != 1:  # an RGB VAE fine-tuned on grey X-rays
+                x = x.mean(dim=1, keepdim=True)
         return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -257,5 +264,7 @@ class DiffusionModel:
         x = images.to(self.device, torch.float32) / 127.5 - 1
         if self.vae is None:
             return x.to(self.dtype)
+        if x.shape[1] < self.vae.config.in_channels:  # grey images into an RGB VAE
+            x = x.expand(-1, self.vae.config.in_channels, -1, -1)
         latents = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
         return (latents * self.vae.config.scaling_factor).to(self.dtype)

@@ -3,6 +3,11 @@
 One loop serves every variant; a variant only changes numbers in `TrainConfig` (condition dropout
 for classifier-free guidance, Wen et al.'s training-time filter). All randomness comes from one
 CPU generator whose state is checkpointed, so a killed run resumes to bit-identical weights.
+
+The loop trains on uint8 images (pixel models) or on cached float latents (latent models). Under
+`torchrun` (torch.distributed initialised) every process draws the same global batch from the
+same generator and trains on its own shard of it; DistributedDataParallel averages the gradients,
+so the processes' weights stay equal and the recipe means the same with 1 or N processes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    train_text_encoder: bool | None = None  # None: trained from scratch, frozen when fine-tuning
     filter: FilterConfig | None = None
 
     @classmethod
@@ -64,6 +71,7 @@ class TrainResult:
     filter_threshold: float | None = None
     resumed_from_step: int = 0
     seconds: float = 0.0
+    weights_digest: str = ""  # of the final weights, under torchrun only: every process must hold the same
 
 
 def fingerprint(*parts: Any) -> str:
@@ -72,8 +80,48 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _trainable(model: DiffusionModel) -> list[torch.nn.Parameter]:
-    return list(model.unet.parameters()) + list(model.text_encoder.parameters())
+def _trainable(model: DiffusionModel, text_encoder: bool = True) -> list[torch.nn.Parameter]:
+    return list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if text_encoder else [])
+
+
+class Denoiser(torch.nn.Module):
+    """Text encoder + UNet as one module: the one thing DistributedDataParallel wraps."""
+
+    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=self.text_encoder(ids)[0]).sample
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _all_gather(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(value) for _ in range(world)]
+    dist.all_gather(parts, value.contiguous())
+    return torch.cat(parts)
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -81,6 +129,16 @@ def _autocast(device: torch.device, mixed_precision: str):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
     return torch.autocast("cuda", dtype=dtype)
+
+
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the modules' parameters and buffers, bit for bit."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -105,18 +163,34 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train `model` in place on uint8 `images` (N, C, H, W) with their `prompts`; ends on EMA weights."""
+    """Train `model` in place on `images` (N, C, H, W: uint8 pixels, or float latents already
+    scaled by the VAE's factor) with their `prompts`; ends on EMA weights."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
+    rank, world = process_group()
+    batch = config.batch_size
+    if batch % world:
+        raise ValueError(f"train.batch_size {batch} must be a multiple of the {world} training processes")
+    shard = slice(rank * batch // world, (rank + 1) * batch // world)
     device = torch.device(device)
     model.to(device)
+    train_text_encoder = True if config.train_text_encoder is None else config.train_text_encoder
     model.unet.train()
-    model.text_encoder.train()
-    params = _trainable(model)
-    for p in params:
-        p.requires_grad_(True)
+    model.text_encoder.train(train_text_encoder)
+    model.unet.requires_grad_(True)
+    model.text_encoder.requires_grad_(train_text_encoder)
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            model.text_encoder.gradient_checkpointing_enable()
+    params = _trainable(model, train_text_encoder)
+    denoiser = Denoiser(model.unet, model.text_encoder)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        denoiser = DistributedDataParallel(denoiser, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler(
         config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
@@ -128,7 +202,7 @@ def train(
     token_ids = model.token_ids(prompts).cpu()
     empty_ids = model.token_ids([""]).cpu()
     data = images.to(device)
-    n_images, batch = len(images), config.batch_size
+    n_images = len(images)
     magnitudes_seen: list[torch.Tensor] = []
     result = TrainResult()
 
@@ -152,6 +226,8 @@ def train(
             log(f"ignoring checkpoint {checkpoint_path}: made by a different recipe or dataset")
 
     def checkpoint(step: int) -> None:
+        if rank != 0:  # every process holds the same weights; one writes them
+            return
         save_checkpoint(
             checkpoint_path,
             {
@@ -172,37 +248,42 @@ def train(
             on_checkpoint(step)
 
     began = time.perf_counter()
-    bar = tqdm(range(start, config.steps), desc="train", initial=start, total=config.steps,
-               disable=not progress, mininterval=5)
+    bar = tqdm(range(start, config.steps), desc="train", initial=start, total=config.steps, unit="step",
+               disable=not progress or rank != 0, mininterval=5)
     for step in bar:
         tick = time.perf_counter()
-        # --- batch: every random draw comes from `generator`, in a fixed order -------------
+        # --- batch: every random draw comes from `generator`, in a fixed order; each process
+        # takes its shard of the same global batch ------------------------------------------
         index = torch.randint(n_images, (batch,), generator=generator)
         dropped = torch.rand(batch, generator=generator) < config.condition_dropout
         noise = torch.randn((batch, *images.shape[1:]), generator=generator)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        index, dropped, noise, timesteps = index[shard], dropped[shard], noise[shard], timesteps[shard]
         ids = torch.where(dropped[:, None], empty_ids, token_ids[index]).to(device)
-        x0 = data[index].float() / 127.5 - 1
+        x0 = data[index].float()
+        if data.dtype == torch.uint8:
+            x0 = x0 / 127.5 - 1
         noise, timesteps = noise.to(device), timesteps.to(device)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
 
         # --- loss --------------------------------------------------------------------------
         with _autocast(device, config.mixed_precision):
-            prompt_embeds = model.text_encoder(ids)[0]
-            prediction = model.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds).sample
+            prediction = denoiser(noisy, timesteps, ids)
         per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-        keep = torch.ones(batch, dtype=torch.bool, device=device)
+        keep = torch.ones(len(per_sample), dtype=torch.bool, device=device)
         if config.filter is not None:
             keep = _wen_filter(model, noisy, timesteps, prediction, empty_ids.to(device), config,
-                               step, magnitudes_seen, result, device)
-        kept = int(keep.sum())
+                               step, magnitudes_seen, result, device, world)
+        kept = int(_all_sum(keep.sum(), world))
 
         # --- update (a fully filtered batch makes none) ------------------------------------
+        # DDP averages gradients over the processes: scaling by `world` makes the update the
+        # mean over every kept sample of the global batch
         loss = (per_sample * keep).sum() / max(kept, 1)
         grad_norm = 0.0
         if kept:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world if world > 1 else loss).backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
             optimizer.step()
             ema.step(params)
@@ -210,7 +291,7 @@ def train(
 
         result.history.append({
             "step": step + 1,
-            "loss": float(loss.detach()),
+            "loss": float(_all_sum(loss.detach(), world)),
             "lr": float(lr_scheduler.get_last_lr()[0]),
             "grad_norm": grad_norm,
             "filtered_fraction": 1.0 - kept / batch,
@@ -219,26 +300,37 @@ def train(
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             recent = result.history[-config.log_every:]
             mean_loss = sum(r["loss"] for r in recent) / len(recent)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            log(f"step {step + 1}/{config.steps} loss {mean_loss:.4f} lr {result.history[-1]['lr']:.2e}")
+            images_per_second = batch * len(recent) / max(sum(r["seconds"] for r in recent), 1e-9)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_second:.1f}")
+            if rank == 0:
+                log(f"step {step + 1}/{config.steps} loss {mean_loss:.4f} lr {result.history[-1]['lr']:.2e} "
+                    f"{images_per_second:.1f} images/s")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             checkpoint(step + 1)
     bar.close()
 
+    if config.gradient_checkpointing:
+        model.unet.disable_gradient_checkpointing()
+        if train_text_encoder:
+            model.text_encoder.gradient_checkpointing_disable()
     ema.copy_to(params)
     model.eval()
+    if world > 1:
+        result.weights_digest = weights_digest(model.unet, model.text_encoder)
     result.seconds = time.perf_counter() - began
     return result
 
 
-def _wen_filter(model, noisy, timesteps, prediction, empty_ids, config, step, magnitudes_seen, result, device):
-    """Per-sample ||eps(x_t, prompt) - eps(x_t, empty)||; keep those below the warm-up threshold."""
+def _wen_filter(model, noisy, timesteps, prediction, empty_ids, config, step, magnitudes_seen, result, device,
+                world=1):
+    """Per-sample ||eps(x_t, prompt) - eps(x_t, empty)||; keep those below the warm-up threshold.
+    Magnitudes are gathered over the processes, so that every one sets the same threshold."""
     with torch.no_grad(), _autocast(device, config.mixed_precision):
         empty_embeds = model.text_encoder(empty_ids)[0].expand(len(noisy), -1, -1)
         unconditional = model.unet(noisy, timesteps, encoder_hidden_states=empty_embeds).sample
     magnitude = (prediction.detach().float() - unconditional.float()).flatten(1).norm(dim=1)
     if step < config.filter.warmup_steps:
-        magnitudes_seen.append(magnitude.cpu())
+        magnitudes_seen.append(_all_gather(magnitude, world).cpu())
         return torch.ones_like(magnitude, dtype=torch.bool)
     if result.filter_threshold is None:
         seen = torch.cat(magnitudes_seen)
