@@ -26,6 +26,7 @@ except ConfigError as error:
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/latent.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/embed.smk"

@@ -70,9 +70,51 @@ def pretrained(variant):
     return config["variants"][variant].get("pretrained")
 
 
+def trained(variant):
+    """Whether the workflow trains the variant: from scratch, or fine-tuning its pretrained pipeline."""
+    return not pretrained(variant) or "train" in config["variants"][variant]
+
+
 def model_dir(wildcards):
     """A variant's model: trained by the workflow, or a local pretrained diffusers folder."""
-    return pretrained(wildcards.variant) or f"{R}/models/{wildcards.variant}/pipeline"
+    if trained(wildcards.variant):
+        return f"{R}/models/{wildcards.variant}/pipeline"
+    return pretrained(wildcards.variant)
+
+
+def vae_of(variant):
+    """The VAE a trained variant denoises the latents of: its `vae`, the fine-tuned pipeline's own
+    (named pipeline-<variant>), or None for a pixel model."""
+    settings = config["variants"][variant]
+    if settings.get("vae"):
+        return settings["vae"]
+    if pretrained(variant) and (Path(pretrained(variant)) / "vae" / "config.json").is_file():
+        return f"pipeline-{variant}"
+    return None
+
+
+def vae_folder(name):
+    """A VAE's AutoencoderKL folder: given, trained by the train_vae rule, or a fine-tuned pipeline's."""
+    if name.startswith("pipeline-"):
+        return f"{pretrained(name.removeprefix('pipeline-'))}/vae"
+    settings = config["vaes"][name]
+    return settings.get("pretrained") or f"{R}/vaes/{name}/model"
+
+
+def latents_file(name):
+    """The cache's latents under a VAE, encoded once per VAE and resolution."""
+    return f"{R}/latents/{name}/train_{config['dataset']['resolution']}px.safetensors"
+
+
+def train_inputs(wildcards):
+    """What a variant's training reads besides the cache: the pipeline it fine-tunes, its VAE and latents."""
+    inputs = {}
+    if pretrained(wildcards.variant):
+        inputs["pretrained"] = pretrained(wildcards.variant)
+    name = vae_of(wildcards.variant)
+    if name is not None:
+        inputs.update(vae=vae_folder(name), latents=latents_file(name))
+    return inputs
 
 
 def dataset_csv(split):
@@ -109,7 +151,7 @@ def sample_sets():
 def all_targets():
     """The tables pull in every stage; the figures of the report come with their stages, and the
     loss curves, which no table reads, are asked for here."""
-    losses = [f"{R}/models/{v}/loss.png" for v in variants() if not pretrained(v)]
+    losses = [f"{R}/models/{v}/loss.png" for v in variants() if trained(v)]
     histograms = [f"{R}/localize/{v}/neurons_per_{what}.png" for v in localized_variants()
                   for what in ("layer", "prompt")]
     return [f"{R}/tables/summary.md", *losses, *histograms]
@@ -137,7 +179,10 @@ def benchmark_files(wildcards=None):
     if has_reference_images():
         names += [f"embed_train/{d}" for d in descriptors()]
     for v in variants():
-        names += [f"detect/{v}"] + ([] if pretrained(v) else [f"train/{v}"])
+        names += [f"detect/{v}"] + ([f"train/{v}"] if trained(v) else [])
+        vae = vae_of(v) if trained(v) else None
+        if vae is not None:
+            names += [f"encode_latents/{vae}_{config['dataset']['resolution']}px"] + ([f"train_vae/{vae}"] if "train" in config["vaes"].get(vae, {}) else [])
     for v in localized_variants():
         names += [f"localize/{v}"] + ([f"retrigger/{v}"] if has_reference_images() else [])
     for v, m in sample_sets():
@@ -145,7 +190,7 @@ def benchmark_files(wildcards=None):
         names += [f"embed_samples/{d}/{v}/{m}" for d in descriptors()]
         if has_reference_images():
             names += [f"match/{d}/{v}/{m}" for d in descriptors()]
-    return [f"{R}/benchmarks/{n}.tsv" for n in names]
+    return [f"{R}/benchmarks/{n}.tsv" for n in dict.fromkeys(names)]  # variants may share a VAE
 
 
 def descriptor_kind(name):
@@ -257,7 +302,7 @@ def table_sources(wildcards=None):
         ],
         "classifier": [(f"{R}/fidelity/classifier/evaluation.json", {})] if xray() else [],
         "train_summary": [
-            (f"{R}/models/{v}/train_summary.json", {"variant": v}) for v in variants() if not pretrained(v)
+            (f"{R}/models/{v}/train_summary.json", {"variant": v}) for v in variants() if trained(v)
         ],
         "retrigger": [
             (f"{R}/retrigger/{v}.parquet", {"variant": v}) for v in localized_variants() if matched

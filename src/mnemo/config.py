@@ -99,8 +99,36 @@ def variant_train_config(config: Mapping[str, Any], variant: str) -> dict[str, A
     return merged
 
 
+def _check_trained_variants(config: Mapping[str, Any]) -> None:
+    """Latent and fine-tuned variants train on the X-ray cache; each VAE is a folder or a recipe."""
+    vaes = config.get("vaes", {})
+    for name, vae in vaes.items():
+        if ("pretrained" in vae) == ("train" in vae):
+            raise ConfigError(f"config key 'vaes.{name}': give exactly one of pretrained (a local AutoencoderKL "
+                              "folder) or train (a VAE the workflow trains on the cache)")
+        if "pretrained" in vae and not (Path(vae["pretrained"]) / "config.json").is_file():
+            raise ConfigError(f"config key 'vaes.{name}.pretrained': {vae['pretrained']} is not a diffusers "
+                              "AutoencoderKL folder (no config.json)")
+    xray = config.get("dataset", {}).get("source") in ("phantoms", "chexpert")
+    for name, variant in config.get("variants", {}).items():
+        if variant.get("vae") is not None and variant["vae"] not in vaes:
+            raise ConfigError(f"config key 'variants.{name}.vae': '{variant['vae']}' is not defined under 'vaes' "
+                              f"(defined: {', '.join(vaes) or 'none'})")
+        trains = "train" in variant or not variant.get("pretrained")
+        if not xray and variant.get("vae"):
+            raise ConfigError(f"config key 'variants.{name}.vae': latent variants train on an X-ray dataset "
+                              "(dataset.source phantoms or chexpert)")
+        if not xray and variant.get("pretrained") and "train" in variant:
+            raise ConfigError(f"config key 'variants.{name}.train': fine-tuning needs an X-ray dataset "
+                              "(dataset.source phantoms or chexpert)")
+        if variant.get("vae") and not trains:
+            raise ConfigError(f"config key 'variants.{name}.vae': a pretrained pipeline used as it is has its "
+                              "own VAE; give train to fine-tune it in this one's latent space")
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Cross-field rules."""
+    _check_trained_variants(config)
     model = config.get("model", {})
     unet = model.get("unet", {})
     blocks = unet.get("block_out_channels", [])

@@ -17,29 +17,37 @@ def _tensors(scores: Sequence[float] | torch.Tensor, labels: Sequence[bool] | to
     return s, y
 
 
+def _one_class(y: torch.Tensor) -> bool:
+    """No positives or no negatives (or no labels at all): no ROC to compute."""
+    return len(y) == 0 or bool(y.min() == y.max())
+
+
 def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve; nan when only one class is present."""
+    """Area under the ROC curve; nan when only one class (or nothing) is present."""
     from torchmetrics.functional.classification import binary_auroc
 
     s, y = _tensors(scores, labels)
-    if y.min() == y.max():
+    if _one_class(y):
         return math.nan
     return float(binary_auroc(s, y))
 
 
 def roc_curve(scores, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fpr, tpr, thresholds), thresholds decreasing."""
+    """(fpr, tpr, thresholds), thresholds decreasing; empty when only one class is present."""
     from torchmetrics.functional.classification import binary_roc
 
     s, y = _tensors(scores, labels)
+    if _one_class(y):
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty, empty
     fpr, tpr, thresholds = binary_roc(s, y, thresholds=None)
     return fpr, tpr, thresholds
 
 
 def tpr_at_fpr(scores, labels, fpr: float = 0.01) -> float:
-    """Highest true-positive rate whose false-positive rate is <= `fpr`."""
+    """Highest true-positive rate whose false-positive rate is <= `fpr`; nan with one class."""
     s, y = _tensors(scores, labels)
-    if y.min() == y.max():
+    if _one_class(y):
         return math.nan
     rates, tprs, _ = roc_curve(s, y)
     allowed = rates <= fpr + 1e-12
@@ -47,8 +55,10 @@ def tpr_at_fpr(scores, labels, fpr: float = 0.01) -> float:
 
 
 def threshold_at_fpr(scores, labels, fpr: float = 0.01) -> float:
-    """Smallest score threshold (predict positive when score >= it) with FPR <= `fpr`."""
+    """Smallest score threshold (predict positive when score >= it) with FPR <= `fpr`; nan without scores."""
     s, y = _tensors(scores, labels)
+    if len(s) == 0:
+        return math.nan
     negatives = torch.sort(s[y == 0], descending=True).values
     if len(negatives) == 0:
         return float(s.min())

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from mnemo.detect import metrics
-from mnemo.detect.config import DetectConfig
 from mnemo.detect.names import detector_names, wen_n_of
 
-# The detectors of the default `detect.wen_n`; a scores table's own are detector_names(wen_n_of(columns)).
-DETECTORS = detector_names(DetectConfig().wen_n)
+
+def detectors_of(scores: pa.Table) -> tuple[str, ...]:
+    """The detectors a scores table was written with (every n of its detect.wen_n, and NeMo's)."""
+    return tuple(d for d in detector_names(wen_n_of(scores.column_names)) if d in scores.column_names)
 
 
 def replication_by_prompt(prompt_rows: pa.Table, threshold: float) -> dict[str, dict]:
@@ -47,19 +48,20 @@ def measures_own_images(replication: dict[str, dict]) -> bool:
 def detection_metrics(scores: pa.Table, replication: dict[str, dict], variant: str,
                       detectors: Sequence[str] | None = None, fpr: float = 0.01) -> pa.Table:
     """One row per (detector, ground truth); by default for every detector the scores were
-    written with (Wen's for each n of the detect.wen_n they were computed for, and NeMo's)."""
+    written with (Wen's for each n of the detect.wen_n they were computed for, and NeMo's).
+    Without measured replication (no reference images) only the `planted` truth is reported; a
+    truth with one class has AUC and TPR nan (n/a), never an error."""
     if detectors is None:
-        detectors = detector_names(wen_n_of(scores.column_names))
+        detectors = detectors_of(scores)
     rows = scores.to_pylist()
     present = [d for d in detectors if d in scores.column_names]
     measured = [r for r in rows if r["prompt_id"] in replication]
     out = []
     for detector in present:
-        truths = {
-            "planted": ([r[detector] for r in rows], [bool(r["memorized_truth"]) for r in rows]),
-            "replicated": ([r[detector] for r in measured],
-                           [replication[r["prompt_id"]]["replicated"] for r in measured]),
-        }
+        truths = {"planted": ([r[detector] for r in rows], [bool(r["memorized_truth"]) for r in rows])}
+        if measured:
+            truths["replicated"] = ([r[detector] for r in measured],
+                                    [replication[r["prompt_id"]]["replicated"] for r in measured])
         if measures_own_images(replication):
             truths["replicated_own"] = ([r[detector] for r in measured],
                                         [replication[r["prompt_id"]]["replicated_own"] for r in measured])
