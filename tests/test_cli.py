@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mnemo.cli import main
+from tests import tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +56,9 @@ def test_config_check_merges_in_order_over_config_yaml(tmp_path, capsys, monkeyp
 
 def test_config_check_does_not_merge_a_prompts_track_config(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    (tmp_path / "sd" / "unet").mkdir(parents=True)
-    (tmp_path / "sd" / "unet" / "config.json").write_text("{}")
+    tiny_sd.stand_in_pipeline(tmp_path / "sd")
     for name in ("memorized.csv", "unmemorized.csv"):
-        (tmp_path / name).write_text("Caption;Index\n")
+        (tmp_path / name).write_text("Caption;Index\na painting;1\n")
     sd = tmp_path / "sd.yaml"
     sd.write_text(
         "dataset: {source: prompts, resolution: 512}\n"

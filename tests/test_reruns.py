@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mnemo.dependencies import library_files
+from tests import tiny_sd
 from tests.workflow import (
     REPO,
     copy_repo,
@@ -33,16 +34,12 @@ MODULES = {
 
 def _sd_config(tmp_path: Path) -> Path:
     """The Stable Diffusion track config with stand-in files: enough to plan its jobs, not to run them."""
-    (tmp_path / "sd" / "unet").mkdir(parents=True)
-    (tmp_path / "sd" / "unet" / "config.json").write_text("{}")
-    (tmp_path / "originals").mkdir()
-    for name in ("memorized.csv", "unmemorized.csv", "sscd.pt"):
-        (tmp_path / name).write_text("")
+    memorized, unmemorized, originals = tiny_sd.write_prompt_files(tmp_path)
+    tiny_sd.build_sscd(tmp_path / "sscd.pt")
     config = yaml.safe_load((REPO / "config" / "sd14.yaml").read_text())
     config["results"] = "results"
-    config["prompts"].update(memorized=str(tmp_path / "memorized.csv"),
-                             unmemorized=str(tmp_path / "unmemorized.csv"), originals=str(tmp_path / "originals"))
-    config["variants"]["sd14"]["pretrained"] = str(tmp_path / "sd")
+    config["prompts"].update(memorized=str(memorized), unmemorized=str(unmemorized), originals=str(originals))
+    config["variants"]["sd14"]["pretrained"] = str(tiny_sd.stand_in_pipeline(tmp_path / "sd"))
     config["descriptors"]["sscd"]["weights"] = str(tmp_path / "sscd.pt")
     return write_config(tmp_path / "sd.yaml", config)
 

@@ -98,3 +98,31 @@ def write_prompt_files(root: Path) -> tuple[Path, Path, Path]:
     for i in range(len(MEMORIZED)):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(originals / f"{100 + i}.png")
     return memorized, unmemorized, originals
+
+
+def write_wen_file(path: Path) -> Path:
+    """Wen's memorized prompts (one {caption, index, url} object per line) for MEMORIZED, with the
+    Index the NeMo CSV gives them; saved under whatever name `path` has (Wen's file is often .json)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"caption": caption, "index": 100 + i, "url": f"http://example.org/{i}.jpg"})
+                            + "\n" for i, (caption, _) in enumerate(MEMORIZED)))
+    return path
+
+
+def stand_in_pipeline(root: Path) -> Path:
+    """A diffusers SD folder layout with SD v1.x's configs and empty weight files: enough for the
+    config check and for planning jobs (snakemake -n), not to load a model."""
+    configs = {
+        "unet/config.json": {"in_channels": 4, "out_channels": 4, "cross_attention_dim": 32},
+        "vae/config.json": {"latent_channels": 4},
+        "text_encoder/config.json": {"hidden_size": 32},
+        "tokenizer/tokenizer_config.json": {},
+        "scheduler/scheduler_config.json": {"prediction_type": "epsilon"},
+    }
+    for name, config in configs.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(config))
+    for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        (root / name).write_bytes(b"")
+    return root

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mnemo.detect.names import detector_names
+from mnemo.external import ExternalWeightsError, check_pipeline_folder, check_torchscript_file
 from mnemo.mitigate.kinds import MITIGATION_KINDS
 
 
@@ -99,6 +100,17 @@ def variant_train_config(config: Mapping[str, Any], variant: str) -> dict[str, A
     return merged
 
 
+def _check_prompt_file(key: str, path: str) -> None:
+    """Read every row of an SD-track prompt file now (cheap), so that a malformed row stops the run
+    before any job, naming the file, the line and the problem."""
+    from mnemo.data.promptset import read_prompt_file
+
+    try:
+        read_prompt_file(path, memorized=key == "memorized")
+    except ValueError as error:
+        raise ConfigError(f"config key 'prompts.{key}': {error}") from None
+
+
 def _check_trained_variants(config: Mapping[str, Any]) -> None:
     """Latent and fine-tuned variants train on the X-ray cache; each VAE is a folder or a recipe."""
     vaes = config.get("vaes", {})
@@ -174,6 +186,7 @@ def check(config: Mapping[str, Any]) -> None:
                 raise ConfigError(f"config key 'prompts.{key}': required when dataset.source is 'prompts'")
             if not Path(prompts[key]).is_file():
                 raise ConfigError(f"config key 'prompts.{key}': file {prompts[key]} does not exist")
+            _check_prompt_file(key, prompts[key])
         if prompts.get("originals") and not Path(prompts["originals"]).is_dir():
             raise ConfigError(f"config key 'prompts.originals': folder {prompts['originals']} does not exist")
         for name, variant in config.get("variants", {}).items():
@@ -186,13 +199,12 @@ def check(config: Mapping[str, Any]) -> None:
                                   "use sscd or pixel on the prompts track")
     for name, variant in config.get("variants", {}).items():
         path = variant.get("pretrained")
-        if path and not (Path(path) / "unet" / "config.json").is_file():
-            raise ConfigError(
-                f"config key 'variants.{name}.pretrained': {path} is not a diffusers pipeline folder "
-                "(no unet/config.json). For Stable Diffusion v1.4 download CompVis/stable-diffusion-v1-4 "
-                "in diffusers format (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4`) and "
-                "give the local folder"
-            )
+        if path:  # the SD track decodes latents; an X-ray model of ours may work in pixels (no vae/)
+            latent = dataset.get("source") == "prompts" or (Path(path) / "vae").exists()
+            try:
+                check_pipeline_folder(path, latent=latent)
+            except ExternalWeightsError as error:
+                raise ConfigError(f"config key 'variants.{name}.pretrained': {error}") from None
     mitigations = config.get("mitigations", {})
     for name, variant in config.get("variants", {}).items():
         for mitigation in variant.get("mitigations", []):
@@ -249,3 +261,7 @@ def check(config: Mapping[str, Any]) -> None:
                     "download e.g. sscd_disc_mixup.torchscript.pt from "
                     "github.com/facebookresearch/sscd-copy-detection and give its path"
                 )
+            try:
+                check_torchscript_file(weights)
+            except ExternalWeightsError as error:
+                raise ConfigError(f"config key 'descriptors.{name}.weights': {error}") from None

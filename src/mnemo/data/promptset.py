@@ -130,45 +130,162 @@ def build_prompt_set(cache: pa.Table, config: PromptSetConfig, policy: str,
 # ---------------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+NEMO_TYPES = ("VM", "TM")  # Webster's verbatim and template memorization, the `type` of NeMo's memorized CSV
+NUMERIC_COLUMNS = ("mean_sscd", "max_sscd")
+
+
+class PromptFileError(ValueError):
+    """A prompt file row that cannot be read as it is meant; the message is `file:line: problem`."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
 
 
 def read_prompt_file(path: str | Path, memorized: bool) -> list[dict]:
-    """Rows {index, caption, group} from NeMo's `;`-separated CSVs or Wen's jsonl.
+    """Rows {index, caption, group} from NeMo's `;`-separated CSVs or Wen's jsonl, every row checked.
 
-    NeMo's memorized file has Caption, URL, type (VM/TM), ..., Index; the unmemorized one
-    Caption;URL;Index; Wen's jsonl has caption, index, url (no VM/TM split: group 'memorized').
+    NeMo's memorized file has an unnamed index, Caption, URL, type (VM/TM), mean_sscd, max_sscd,
+    Index; the unmemorized one Caption;URL;Index. Wen's jsonl (one {caption, index, url} object per
+    line; recognised by its content, whatever the suffix) has no VM/TM split: group 'memorized'.
+    A row with the wrong number of fields (an unquoted ';'), a quoted field running over lines (an
+    unclosed quote), a type other than VM/TM, a non-integer or repeated Index, an empty caption or
+    a file that is not UTF-8 raises PromptFileError naming the file and line: a malformed row never
+    becomes a wrong prompt or group silently.
     """
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} not found")
+    text = _utf8_text(path)
+    if not text.strip():
+        raise PromptFileError(path, None, "empty file: no prompts")
+    if path.suffix.lower() in (".jsonl", ".json") or text.lstrip()[:1] in ("{", "["):
+        rows = _read_json_prompts(path, text, memorized)
+    else:
+        rows = _read_nemo_csv(path, text, memorized)
+    if not rows:
+        raise PromptFileError(path, None, "no prompts (a header only)")
+    return rows
+
+
+def _utf8_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise PromptFileError(path, line, f"not UTF-8 (byte 0x{data[error.start]:02x} at column {column}); "
+                              "save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _group(path: Path, line: int, memorized: bool, kind: str | None) -> str:
+    if not memorized:
+        return "nonmemorized"
+    if kind is None:  # no VM/TM split in this file
+        return "memorized"
+    if kind.strip() not in NEMO_TYPES:
+        raise PromptFileError(path, line, f"type {kind!r} is not one of {', '.join(NEMO_TYPES)} (NeMo's verbatim / "
+                              "template memorization); a ';' inside an unquoted caption shifts the columns")
+    return kind.strip()
+
+
+def _index(path: Path, line: int, value: object, seen: dict[str, int]) -> str:
+    index = str(value).strip()
+    if not index.isdigit():
+        raise PromptFileError(path, line, f"Index {value!r} is not a non-negative integer (LAION's image index)")
+    if index in seen:
+        raise PromptFileError(path, line, f"Index {index} repeats line {seen[index]}")
+    seen[index] = line
+    return index
+
+
+def _caption(path: Path, line: int, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PromptFileError(path, line, "empty caption")
+    return value.strip()
+
+
+def _read_nemo_csv(path: Path, text: str, memorized: bool) -> list[dict]:
+    import io
+
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";", strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as error:
+        raise PromptFileError(path, 1, f"no header row ({error})") from None
+    if "Caption" not in header:
+        raise PromptFileError(path, 1, f"no 'Caption' column (expected NeMo's ';'-separated prompt CSV); "
+                              f"columns are {header}")
+    columns = {name: position for position, name in enumerate(header)}
     rows: list[dict] = []
-    if path.suffix == ".jsonl":
-        for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+    seen: dict[str, int] = {}
+    end = reader.line_num
+    while True:
+        line = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise PromptFileError(path, line, f"an unclosed or stray quote in the row that starts here "
+                                  f"(csv: {error})") from None
+        end = reader.line_num
+        if not fields:
+            continue  # a blank line
+        if end > line:
+            raise PromptFileError(path, line, f"a quoted field runs over lines {line}-{end}: an unclosed quote "
+                                  "(every prompt is one line)")
+        if len(fields) != len(header):
+            hint = ("an unquoted ';' inside the caption?" if len(fields) > len(header) else "a short row")
+            raise PromptFileError(path, line, f"{len(fields)} fields, the header has {len(header)} "
+                                  f"({';'.join(header)}): {hint}")
+        record = dict(zip(header, fields, strict=True))
+        for name in NUMERIC_COLUMNS:
+            if name in record:
+                try:
+                    float(record[name])
+                except ValueError:
+                    raise PromptFileError(path, line, f"{name} {record[name]!r} is not a number") from None
+        if "Index" in columns:
+            index = _index(path, line, record["Index"], seen)
+        else:
+            index = _index(path, line, record.get("") or str(len(rows)), seen)
+        rows.append({"index": index, "caption": _caption(path, line, record["Caption"]),
+                     "group": _group(path, line, memorized, record.get("type"))})
+    return rows
+
+
+def _read_json_prompts(path: Path, text: str, memorized: bool) -> list[dict]:
+    """Wen's jsonl (one object per line), or the same records as one JSON array."""
+    import json
+
+    if text.lstrip().startswith("["):
+        try:
+            records = list(enumerate(json.loads(text), start=1))
+        except ValueError as error:
+            raise PromptFileError(path, getattr(error, "lineno", None), f"not valid JSON ({error})") from None
+        label = "record"
+    else:
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                rows.append({"index": str(record["index"]), "caption": str(record["caption"]),
-                             "group": "memorized" if memorized else "nonmemorized"})
-            except (ValueError, KeyError) as error:
-                raise ValueError(f"{path}:{line_number}: not a {{caption, index}} JSON line ({error})") from None
-        return rows
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=";")
-        fields = reader.fieldnames or []
-        if "Caption" not in fields:
-            raise ValueError(f"{path}: no 'Caption' column (expected NeMo's ';'-separated prompt CSV); "
-                             f"columns are {fields}")
-        for line_number, record in enumerate(reader, start=2):
-            index = record.get("Index") or record.get("") or str(line_number - 2)
-            group = "nonmemorized"
-            if memorized:
-                group = (record.get("type") or "memorized").strip() or "memorized"
-            if not (record.get("Caption") or "").strip():
-                raise ValueError(f"{path}:{line_number}: empty Caption")
-            rows.append({"index": str(index).strip(), "caption": record["Caption"].strip(), "group": group})
+                records.append((line_number, json.loads(line)))
+            except ValueError as error:
+                raise PromptFileError(path, line_number, f"not a JSON line ({error}); Wen's file has one "
+                                      "{caption, index, url} object per line") from None
+        label = "line"
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    for number, record in records:
+        where = number if label == "line" else None
+        if not isinstance(record, dict) or "caption" not in record or "index" not in record:
+            raise PromptFileError(path, where, f"{label} {number}: not a {{caption, index}} object")
+        rows.append({"index": _index(path, where or number, record["index"], seen),
+                     "caption": _caption(path, where or number, record["caption"]),
+                     "group": "memorized" if memorized else "nonmemorized"})
     return rows
 
 
