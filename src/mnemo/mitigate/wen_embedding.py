@@ -51,14 +51,14 @@ def optimize_prompt_embeddings(model: DiffusionModel, prompts: Sequence[str], se
         iterations = [0] * len(group)
         first_loss: list[float] = []
         last_loss = torch.zeros(len(group))
-        for _ in range(config.iterations + 1):
+        for step in range(config.iterations + 1):  # `iterations` optimiser steps, each loss measured after it
             eps = model.unet(latents, t1, encoder_hidden_states=embeds.to(model.dtype).repeat_interleave(n, 0)).sample
             losses = (eps.float() - eps_empty).view(len(group), -1).norm(dim=1)
             last_loss = losses.detach().cpu()
             if not first_loss:
                 first_loss = last_loss.tolist()
             active &= last_loss > target
-            if not active.any() or all(i >= config.iterations for i in iterations):
+            if not active.any() or step == config.iterations:
                 break
             frozen = embeds.detach().clone()
             optimizer.zero_grad()
