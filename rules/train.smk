@@ -1,9 +1,12 @@
-# Stage 2: one diffusion model per training variant (config `variants`).
+# Stage 2: one diffusion model per training variant (config `variants`): from scratch in pixels, in
+# a VAE's latent space (its latents cached once by encode_latents), or fine-tuning a pipeline. A job
+# whose gpu resource is above 1 trains in that many torchrun processes.
 
 
 rule train:
     input:
         code("train"),
+        unpack(train_inputs),
         cache=f"{R}/cache/train",
     output:
         model=directory(f"{R}/models/{{variant}}/pipeline"),
