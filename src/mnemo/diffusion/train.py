@@ -184,7 +184,7 @@ def train(
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if train_text_encoder:
-            model.text_encoder.gradient_checkpointing_enable()
+            model.text_encoder.activation_checkpointing_enable()
     params = _trainable(model, train_text_encoder)
     denoiser = Denoiser(model.unet, model.text_encoder)
     if world > 1:
@@ -312,7 +312,7 @@ def train(
     if config.gradient_checkpointing:
         model.unet.disable_gradient_checkpointing()
         if train_text_encoder:
-            model.text_encoder.gradient_checkpointing_disable()
+            model.text_encoder.activation_checkpointing_disable()
     ema.copy_to(params)
     model.eval()
     if world > 1:

@@ -114,10 +114,10 @@ def train_vae(images: torch.Tensor, config: VAETrainConfig, checkpoint_dir: str 
         loss.backward()
         optimizer.step()
         seconds = time.perf_counter() - tick
-        history.append({"step": step + 1, "loss": float(loss), "mse": float(mse), "kl": float(kl), "seconds": seconds})
+        history.append({"step": step + 1, "loss": float(loss.detach()), "mse": float(mse.detach()), "kl": float(kl.detach()), "seconds": seconds})
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            bar.set_postfix(mse=f"{float(mse):.4f}", img_s=f"{config.batch_size / max(seconds, 1e-9):.1f}")
-            log(f"step {step + 1}/{config.steps} mse {float(mse):.4f} kl {float(kl):.4f}")
+            bar.set_postfix(mse=f"{float(mse.detach()):.4f}", img_s=f"{config.batch_size / max(seconds, 1e-9):.1f}")
+            log(f"step {step + 1}/{config.steps} mse {float(mse.detach()):.4f} kl {float(kl.detach()):.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_checkpoint(path, {"step": step + 1, "fingerprint": run_fingerprint, "vae": vae.state_dict(),
                                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(),

@@ -1,0 +1,108 @@
+"""Latent and fine-tuned variants end to end on tiny random components: a UNet trained in the
+latent space of a VAE the workflow trains, and a tiny SD-shaped pipeline fine-tuned on the X-ray
+cache, each go train -> generate -> detect -> localize; a killed latent training resumes.
+
+One workflow run (its own small config over config/test.yaml: these two variants only are asked
+for, one descriptor, no sample check) is shared by the tests below."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from mnemo.diffusion.model import DiffusionModel
+from tests import tiny_sd
+from tests.workflow import REPO, snakemake, write_config
+
+TEST_CONFIG = REPO / "config" / "test.yaml"
+VARIANTS = ("latent", "finetuned")
+
+
+def _config(tmp_path):
+    pipeline = tiny_sd.build_pipeline(tmp_path / "sd")  # 16x16x4 latents, VAE x2: 32 px
+    return {
+        "dataset": {"resolution": 32},
+        "model": {"unet": {"resolution": 32}},
+        "vaes": {"tiny_vae": {"train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2,
+                                        "model": {"block_out_channels": [8, 16], "latent_channels": 4,
+                                                  "norm_num_groups": 4}}}},
+        "variants": {
+            "latent": {"vae": "tiny_vae", "guidance": [1, 3], "mitigations": ["none", "nemo"]},
+            "finetuned": {"pretrained": str(pipeline), "train": {"steps": 3, "learning_rate": 1e-4},
+                          "guidance": [1, 3], "mitigations": ["none", "nemo"]},
+        },
+        "localize": {"sample_check": {"enabled": False}},
+    }
+
+
+def _targets(variant):
+    return [f"results/samples/{variant}/none.parquet", f"results/detect/{variant}/scores.parquet",
+            f"results/localize/{variant}/neurons.parquet"]
+
+
+@pytest.fixture(scope="session")
+def latent_runs(tmp_path_factory):
+    """The latent variant's training killed after its step-3 checkpoint, then both variants run
+    to localization (a few minutes on 2 cores)."""
+    root = tmp_path_factory.mktemp("latent")
+    configfile = write_config(root / "latent.yaml", _config(root))
+    work = root / "work"
+    work.mkdir()
+    configs = (TEST_CONFIG, configfile)
+    killed = snakemake(work, "--cores", "2", "results/models/latent/pipeline", configfiles=configs, check=False,
+                       env=dict(os.environ, MNEMO_FAULT="train:3"))
+    snakemake(work, "--cores", "2", *[t for v in VARIANTS for t in _targets(v)], configfiles=configs)
+    return work, killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_goes_train_generate_detect_localize(latent_runs, variant):
+    work, _ = latent_runs
+    results = work / "results"
+    model = DiffusionModel.from_pretrained(results / "models" / variant / "pipeline")
+    assert model.vae is not None and model.sample_shape == (4, 16, 16)
+    samples = pq.read_table(results / "samples" / variant / "none.parquet")
+    assert samples.num_rows > 0
+    from mnemo.data.images import decode_png
+
+    assert decode_png(samples.column("image")[0].as_py()).shape == (1, 32, 32)  # grey, at the cache's size
+    assert pq.read_table(results / "detect" / variant / "scores.parquet").num_rows > 0
+    assert (results / "localize" / variant / "neurons.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_latents_are_encoded_once_per_vae_and_the_vae_is_trained_in_its_own_job(latent_runs):
+    work, _ = latent_runs
+    results = work / "results"
+    assert (results / "vaes" / "tiny_vae" / "model" / "config.json").is_file()
+    assert sorted(p.parent.name for p in (results / "latents").glob("*/train_32px.safetensors")) == [
+        "pipeline-finetuned", "tiny_vae"]
+    scaling = json.loads((results / "vaes" / "tiny_vae" / "model" / "config.json").read_text())["scaling_factor"]
+    assert scaling != 0.18215  # calibrated on the cache's latents, not diffusers' default
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_killed_latent_training_resumes_from_its_checkpoint(latent_runs):
+    work, killed = latent_runs
+    assert killed.returncode != 0, "the injected kill did not stop the run"
+    log = (work / "results" / "logs" / "train" / "latent.log").read_text()
+    assert "resumed from checkpoint" in log and "at step 3" in log
+
+
+@pytest.mark.slow
+def test_finetuning_keeps_the_pipelines_tokenizer_and_frozen_text_encoder(latent_runs, tmp_path):
+    work, _ = latent_runs
+    tuned = DiffusionModel.from_pretrained(work / "results" / "models" / "finetuned" / "pipeline")
+    pipeline = next(work.parent.glob("sd"))
+    base = DiffusionModel.from_pretrained(pipeline)
+    assert tuned.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    for (name, a), (_, b) in zip(tuned.text_encoder.state_dict().items(), base.text_encoder.state_dict().items(),
+                                 strict=True):
+        assert a.equal(b), name
+    assert any(not a.equal(b) for a, b in zip(tuned.unet.state_dict().values(), base.unet.state_dict().values(),
+                                                strict=True))
