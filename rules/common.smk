@@ -188,6 +188,7 @@ def benchmark_files(wildcards=None):
     for v, m in sample_sets():
         names += [f"generate/{v}/{m}"] + ([f"fidelity/{v}/{m}"] if xray() else [])
         names += [f"embed_samples/{d}/{v}/{m}" for d in descriptors()]
+        names += [f"clip_alignment/{v}/{m}"] if config["clip"]["model"] else []
         if has_reference_images():
             names += [f"match/{d}/{v}/{m}" for d in descriptors()]
     return [f"{R}/benchmarks/{n}.tsv" for n in dict.fromkeys(names)]  # variants may share a VAE
@@ -293,6 +294,12 @@ def table_sources(wildcards=None):
         ],
         "neurons": [
             (f"{R}/localize/{v}/neurons.parquet", {"variant": v}) for v in localized_variants()
+        ],
+        "scores": [(f"{R}/detect/{v}/scores.parquet", {"variant": v}) for v in variants()],
+        "clip": [
+            (f"{R}/clip/{v}/{m}.parquet", {"variant": v, "mitigation": m})
+            for v, m in sample_sets()
+            if config["clip"]["model"]
         ],
         "mitigation_info": [(f"{R}/samples/{v}/{m}_info.parquet", {}) for v, m in sample_sets()],
         "fidelity": [

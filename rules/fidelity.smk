@@ -53,3 +53,31 @@ rule fidelity:
         runtime=30,
     script:
         "../scripts/fidelity.py"
+
+
+# A_CLIP (NeMo's evaluation): each sample's CLIP image-text alignment with its prompt, with the local
+# CLIP model of `clip.model`; no job without one (the tables say n/a).
+rule clip_alignment:
+    input:
+        code("clip_alignment"),
+        clip=lambda wc: config["clip"]["model"],
+        samples=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
+        prompts=f"{R}/prompts/prompts.parquet",
+    output:
+        f"{R}/clip/{{variant}}/{{mitigation}}.parquet",
+    params:
+        torch=torch_settings(),
+        batch_size=config["clip"]["batch_size"],
+    conda:
+        "../envs/mnemo.yaml"
+    log:
+        f"{R}/logs/clip_alignment/{{variant}}/{{mitigation}}.log",
+    benchmark:
+        f"{R}/benchmarks/clip_alignment/{{variant}}/{{mitigation}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=gpus(),
+    script:
+        "../scripts/clip_alignment.py"

@@ -1,4 +1,5 @@
-# Stage 5: NeMo localization of memorization neurons for every prompt the detector flags.
+# Stage 5: NeMo localization of memorization neurons for the prompts `localize.prompts` chooses
+# (default: those the detector flags, as NeMo does).
 
 
 rule localize:

@@ -12,17 +12,19 @@ from mnemo.nemo.published import (
     write_official,
 )
 from mnemo.nemo.sample_check import SampleCheck, SampleCheckConfig
+from mnemo.nemo.targets import prompts_to_localize
 from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:
     settings = dict(snakemake.params.localize)
     compare = settings.pop("compare_modes")
     published = settings.pop("published")
+    which = settings.pop("prompts")
     config = LocalizeConfig(**settings, steps=snakemake.params.steps, **snakemake.params.nemo_signal)
     model = load_model(snakemake)
     prompts = pq.read_table(snakemake.input.prompts)
     scores = pq.read_table(snakemake.input.scores, columns=["prompt_id", "nemo_flagged"]).to_pylist()
-    flagged = [r["prompt_id"] for r in scores if r["nemo_flagged"]]
+    chosen = prompts_to_localize(prompts.select(["prompt_id", "memorized_truth"]).to_pylist(), scores, which)
     tau = read_json(snakemake.input.threshold)["tau"]
     check = None
     if (checking := snakemake.params.sample_check) is not None:
@@ -36,8 +38,9 @@ with job(snakemake) as log:
                             training)
         log.info("sample check: %d samples at guidance %g, copy threshold %.3f (%s, %d training images)",
                  checking["samples"], checking["guidance"], threshold, checking["descriptor"], len(training))
-    log.info("localizing %d flagged prompts (tau %.4f)", len(flagged), tau)
-    layers, stats, results = localize_prompts(model, prompts, flagged, tau, config, compare, log=log.info,
+    log.info("localizing %d prompts (localize.prompts: %s; %d flagged by detection; tau %.4f)", len(chosen), which,
+             sum(r["nemo_flagged"] for r in scores), tau)
+    layers, stats, results = localize_prompts(model, prompts, chosen, tau, config, compare, log=log.info,
                                               sample_check=check)
     table = results_table(results, layers, tau, config)
     write_parquet(table, snakemake.output.neurons)

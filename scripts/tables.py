@@ -16,7 +16,7 @@ with job(snakemake) as log:
                 "report_guidance": float(snakemake.params.guidance)}
     benchmarks = benchmark_sources(snakemake.input.benchmarks, results / "benchmarks")
     con = connect(snakemake.params.sources, settings, benchmarks)
-    tables = run_queries(con, TABLE_NAMES)
+    tables = run_queries(con, TABLE_NAMES, log=log.error)
     for name, path in zip(TABLE_NAMES, snakemake.output.tables, strict=True):
         write_csv(tables[name], path)
         log.info("table %s: %d rows", name, tables[name].num_rows)

@@ -14,7 +14,12 @@ from typing import Any
 import yaml
 
 from mnemo.detect.names import detector_names
-from mnemo.external import ExternalWeightsError, check_pipeline_folder, check_torchscript_file
+from mnemo.external import (
+    ExternalWeightsError,
+    check_clip_folder,
+    check_pipeline_folder,
+    check_torchscript_file,
+)
 from mnemo.mitigate.kinds import MITIGATION_KINDS
 
 
@@ -205,6 +210,12 @@ def check(config: Mapping[str, Any]) -> None:
                 check_pipeline_folder(path, latent=latent)
             except ExternalWeightsError as error:
                 raise ConfigError(f"config key 'variants.{name}.pretrained': {error}") from None
+    clip = config.get("clip", {}).get("model")
+    if clip:
+        try:
+            check_clip_folder(clip)
+        except ExternalWeightsError as error:
+            raise ConfigError(f"config key 'clip.model': {error}") from None
     mitigations = config.get("mitigations", {})
     for name, variant in config.get("variants", {}).items():
         for mitigation in variant.get("mitigations", []):

@@ -92,6 +92,24 @@ def check_pipeline_folder(path: str | Path, latent: bool = True) -> None:
                 "model (e.g. SD 2.x at 768 px) would run as if it predicted noise, so it is refused")
 
 
+def check_clip_folder(path: str | Path) -> None:
+    """A transformers CLIPModel folder with its processor: config.json of a CLIP model, weights, a
+    tokenizer and an image processor config."""
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise ExternalWeightsError(f"{root}: no config.json; give a transformers CLIPModel folder, e.g. "
+                                   "openai/clip-vit-large-patch14 downloaded (its snapshots/<hash> folder)")
+    kind = _json(root / "config.json").get("model_type")
+    if kind != "clip":
+        raise ExternalWeightsError(f"{root}/config.json: model_type {kind!r}, not a CLIP model ('clip')")
+    wanted = {"weights": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),
+              "tokenizer": ("tokenizer.json", "vocab.json", "tokenizer_config.json"),
+              "image processor": ("preprocessor_config.json", "processor_config.json")}
+    for what, names in wanted.items():
+        if not any((root / name).is_file() for name in names):
+            raise ExternalWeightsError(f"{root}: no {what} ({' or '.join(names)})")
+
+
 def check_torchscript_file(path: str | Path) -> None:
     """A file `torch.jit.load` reads: a zip archive with TorchScript code (`<name>/code/`) and
     constants, not a state dict (`torch.save`), a pickled module or a safetensors file."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "unmitigated sample drawn from the same seed, in that descriptor's space."),
     ("nemo_paper", "NeMo-style evaluation per prompt group",
      "Per prompt the median over its samples, then median and MAD over prompts: SSCD_Orig (similarity "
-     "to the prompt's own training images), SSCD_Gen (to the unmitigated twin), D_SSCD (diversity)."),
+     "to the prompt's own training images; also the per-prompt max), SSCD_Gen (to the unmitigated twin), "
+     "D_SSCD (diversity), A_CLIP (CLIP image-text alignment, with `clip.model`; empty without)."),
     ("fidelity", "Label fidelity and sample quality",
      "Label classifier AUC of generated samples against their prompts' labels; Fréchet distance "
      "to real images in the named feature space."),
@@ -101,6 +102,7 @@ EMPTY_VIEWS = {
     "match_prompts": _columns('descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, prompt_id VARCHAR, '
                               '"group" VARCHAR, guidance FLOAT, samples BIGINT, max_similarity FLOAT, '
                               'median_similarity FLOAT, max_source_similarity FLOAT, median_source_similarity FLOAT, '
+                              'replication_rate_0_5 DOUBLE, replication_rate_0_7 DOUBLE, '
                               'replication_rate_calibrated DOUBLE, threshold_calibrated DOUBLE, '
                               'same_patient_rate DOUBLE, diversity FLOAT, recipe VARCHAR'),
     "detection_metrics": _columns('variant VARCHAR, detector VARCHAR, "n" BIGINT, steps VARCHAR, truth VARCHAR, '
@@ -111,6 +113,48 @@ EMPTY_VIEWS = {
                          "prompt_accuracy_not_planted DOUBLE, label_auc_all DOUBLE, frechet_distance DOUBLE, "
                          "frechet_real BIGINT, frechet_fake BIGINT, frechet_feature_space VARCHAR"),
     "classifier": _columns("mean_auc DOUBLE"),
+    "calibration": _columns("descriptor VARCHAR, recipe VARCHAR, n_images BIGINT, n_patients BIGINT, auc DOUBLE, "
+                            "threshold DOUBLE, tpr_at_threshold DOUBLE, positive_median DOUBLE, negative_p99 DOUBLE, "
+                            "n_same_patient BIGINT, same_patient_median DOUBLE, same_patient_frac_above DOUBLE"),
+    "neurons": _columns("variant VARCHAR, prompt_id VARCHAR, mode VARCHAR, memorized BOOLEAN, success BOOLEAN, "
+                        "relaxed BOOLEAN, initial_count INTEGER, refined_count INTEGER, checked_count INTEGER, "
+                        "initial_neurons INTEGER[], refined_neurons INTEGER[], refined_layers VARCHAR[], sample_checks INTEGER, "
+                        "sample_seconds DOUBLE, unet_calls DOUBLE, seconds DOUBLE"),
+    "scores": _columns("variant VARCHAR, prompt_id VARCHAR, nemo_flagged BOOLEAN"),
+    "train_summary": _columns("variant VARCHAR, mean_step_seconds DOUBLE, filter_threshold DOUBLE, "
+                              "filtered_fraction_mean DOUBLE"),
+    "retrigger": _columns("variant VARCHAR, arm VARCHAR, prompt_id VARCHAR, similarity_before DOUBLE, "
+                          "similarity_after DOUBLE, replicated_after BOOLEAN, threshold DOUBLE, "
+                          "optimisation_steps BIGINT, final_loss DOUBLE, seconds DOUBLE"),
+    "clip": _columns("variant VARCHAR, mitigation VARCHAR, sample_id VARCHAR, prompt_id VARCHAR, guidance DOUBLE, "
+                     "a_clip DOUBLE"),
+    "mitigation_info": _columns("variant VARCHAR, mitigation VARCHAR, prompt_id VARCHAR, iterations BIGINT, "
+                                "initial_loss DOUBLE, final_loss DOUBLE, target_loss DOUBLE, seconds DOUBLE"),
+    "benchmarks": _columns("job VARCHAR, s DOUBLE, max_rss DOUBLE, cpu_time DOUBLE"),
+}
+
+# Why a table has no rows in a run (the Markdown says "n/a: why" instead of an empty table): what it
+# needs that the run does not have.
+NOT_AVAILABLE = {
+    "headline": "no sample set in this run",
+    "calibration": "no descriptor was calibrated: there are no reference images to calibrate on "
+                   "(the Stable Diffusion track without `prompts.originals`)",
+    "replication": "no training images to match the samples against (the Stable Diffusion track without "
+                   "`prompts.originals`)",
+    "detection": "no detection scores in this run",
+    "localization": "no prompt was localized: no variant has a neuron mitigation (nemo, random, ...), or "
+                    "`localize.prompts` chose none",
+    "mode_agreement": "the two search modes were not compared (`localize.compare_modes` is off, or nothing "
+                      "was localized)",
+    "neurons_per_layer": "no neuron was localized in this run",
+    "mitigation": "no training images to measure replication against (the Stable Diffusion track without "
+                  "`prompts.originals`)",
+    "nemo_paper": "no embedded samples in this run",
+    "fidelity": "the label classifier and Fréchet distance need labelled training images (the X-ray track); "
+                "the Stable Diffusion track has none",
+    "wen_cost": "no Wen et al. mitigation in this run (no `wen_embedding` mitigation, no filtered training)",
+    "retrigger": "no re-trigger test: it needs localized neurons and the memorized prompts' training images",
+    "cost": "no benchmark files in this run",
 }
 
 # Views over every descriptor that also get a `<name>_primary` view of the primary descriptor's rows.
@@ -146,9 +190,9 @@ def connect(sources: Mapping[str, Sequence[Source]], settings: Mapping[str, Any]
     con.execute(f"CREATE TABLE settings AS SELECT {selects}", [settings[name] for name in names])
     for name, entries in sources.items():
         register(con, name, [(path, labels) for path, labels in entries], VIEW_COLUMNS.get(name, "*"))
+    for name in EMPTY_VIEWS.keys() - sources.keys() - {"benchmarks"}:  # a view this run has no source for
+        register(con, name, [])
     for name in PRIMARY_VIEWS:  # most tables judge by the primary descriptor alone
-        if name not in sources:
-            register(con, name, [])
         con.execute(f"CREATE OR REPLACE VIEW {name}_primary AS SELECT * FROM {name} "
                     "WHERE descriptor = (SELECT primary_descriptor FROM settings)")
     register(con, "benchmarks", list(benchmarks))
@@ -164,18 +208,22 @@ def query(name: str) -> str:
     return resources.files("mnemo.report").joinpath("sql", f"{name}.sql").read_text()
 
 
-def run_queries(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, Any]:
+def run_queries(con: duckdb.DuckDBPyConnection, names: Sequence[str],
+                log: Callable[[str], object] | None = None) -> dict[str, Any]:
     """Run each named query. A table whose inputs this run does not produce (e.g. no variant is
-    localized) becomes a one-row note instead of failing the whole stage."""
+    localized) has no rows: every view binds, empty ones with their columns (EMPTY_VIEWS). A query
+    that fails all the same (a bug) becomes a one-row "n/a" note, its error sent to `log`, so that
+    one table never takes the others down and no error message reaches the summary."""
     import pyarrow as pa
 
     tables = {}
     for name in names:
         try:
             tables[name] = con.sql(query(name)).to_arrow_table()
-        except (duckdb.CatalogException, duckdb.BinderException) as error:
-            reason = str(error).splitlines()[0]
-            tables[name] = pa.table({"note": [f"not computed in this run: {reason}"]})
+        except duckdb.Error as error:
+            (log or print)(f"table {name}: query failed: {error}")
+            tables[name] = pa.table({"note": ["n/a: the query failed in this run (its error is in the tables "
+                                              "job's log)"]})
     return tables
 
 
@@ -235,11 +283,12 @@ def summary_markdown(tables: Mapping[str, Any], title: str, primary: str | None 
             source += f" Descriptor: `{primary}` (all descriptors in the CSV)."
         if name == "headline":  # the answer first, its explanation under it
             once = [c for c in HEADLINE_ONCE if c in table.column_names]
-            lines += [f"## {heading}", "", markdown(table, once) if table.num_rows else "_no rows_", "",
+            lines += [f"## {heading}", "",
+                      markdown(table, once) if table.num_rows else f"n/a: {NOT_AVAILABLE[name]}", "",
                       note, "", source, ""]
             continue
         lines += [f"## {heading}", "", note, "", source, ""]
-        lines += [markdown(table) if table.num_rows else "_no rows_", ""]
+        lines += [markdown(table) if table.num_rows else f"n/a: {NOT_AVAILABLE.get(name, 'no rows in this run')}", ""]
     if figures:
         lines += ["## Figures", "", "In the HTML report (`snakemake --report report.html`) and as files:", ""]
         lines += [f"- `{path}`" for path in figures] + [""]

@@ -1,9 +1,14 @@
--- Effect of each mitigation on planted (memorized) prompts and on the other prompts, per descriptor
--- at its own calibrated threshold: prompts with no replicated sample, replication rate, similarity;
+-- Effect of each mitigation per prompt group, per descriptor at its own calibrated threshold: the
+-- prompt file's groups on the Stable Diffusion track (VM, TM or memorized, and nonmemorized), planted
+-- and 'not planted' (ordinary and held-out together) on the X-ray track. Prompts with no replicated
+-- sample, replication rate, similarity;
 -- plus similarity of each sample to its unmitigated twin (same seed) in that descriptor's space.
 -- "Own" columns count only copies of the prompt's own training images (NeMo's SSCD_Orig): a
 -- model that copies many training images can stop copying the memorized one and still copy others.
-WITH own AS (
+WITH prompt_rows AS (
+    SELECT *, CASE WHEN "group" IN ('other', 'heldout') THEN 'not planted' ELSE "group" END AS prompts_of
+    FROM match_prompts
+), own AS (
     SELECT m.descriptor, m.variant, m.mitigation, m.guidance, m.prompt_id,
            avg(CAST(m.source_similarity > p.threshold_calibrated AS DOUBLE)) AS own_rate
     FROM matches m
@@ -22,7 +27,7 @@ WITH own AS (
     FROM twins GROUP BY ALL
 )
 SELECT r.variant, r.mitigation, r.guidance, r.descriptor,
-       CASE WHEN r."group" = 'planted' THEN 'planted' ELSE 'not planted' END AS prompts_of,
+       r.prompts_of,
        count(*)                                                          AS prompts,
        avg(CAST(r.replication_rate_calibrated = 0 AS DOUBLE))            AS prompts_without_replication,
        sum(r.replication_rate_calibrated * r.samples) / sum(r.samples)   AS replication_rate,
@@ -33,8 +38,9 @@ SELECT r.variant, r.mitigation, r.guidance, r.descriptor,
        median(r.median_source_similarity)                                AS median_source_similarity,
        median(t.twin_similarity)                                         AS median_twin_similarity,
        median(r.diversity)                                               AS median_diversity
-FROM match_prompts r
+FROM prompt_rows r
 LEFT JOIN twin_prompt t USING (descriptor, variant, mitigation, guidance, prompt_id)
 LEFT JOIN own o USING (descriptor, variant, mitigation, guidance, prompt_id)
-GROUP BY ALL
-ORDER BY r.variant, prompts_of DESC, r.mitigation, r.guidance, r.descriptor
+GROUP BY r.variant, r.mitigation, r.guidance, r.descriptor, r.prompts_of
+ORDER BY r.variant, r.prompts_of IN ('not planted', 'nonmemorized'), r.prompts_of, r.mitigation, r.guidance,
+         r.descriptor
