@@ -34,6 +34,8 @@ TABLE: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "mnemo.diffusion.model:SchedulerConfig": (("model", "scheduler"), {}),
     "mnemo.diffusion.train:TrainConfig": (("train",), {}),
     "mnemo.diffusion.train:FilterConfig": (("train", "filter"), {}),
+    "mnemo.diffusion.vae:VAETrainConfig": (("vaes", "*", "train"), {}),
+    "mnemo.diffusion.vae:VAEConfig": (("vaes", "*", "train", "model"), {}),
     "mnemo.copydetect.descriptors:CopyDetectTrainConfig": (("descriptors", "*", "kind=copydetect"), {
         "in_channels": "grey X-ray cache: fixed at 1, not a setting",
         "gem_p": "architecture constant (SSCD's GeM p = 3), not a setting",
