@@ -218,9 +218,10 @@ def test_the_tables_the_headline_summarises(tables):
     fidelity = _by(tables["fidelity"], "variant", "mitigation", "guidance")
     assert fidelity["cfg", "nemo", 3.0]["label_auc_not_planted"] == pytest.approx(0.8)
     assert fidelity["cfg", "nemo", 3.0]["classifier_auc_on_real"] == pytest.approx(0.9)
-    # no localization in this run: a one-row note, not a failure
-    assert tables["localization"].column_names == ["note"]
-    assert tables["localization"].to_pylist()[0]["note"].startswith("not computed in this run")
+    # no localization in this run: no rows, and the summary says why (not an error)
+    assert tables["localization"].num_rows == 0 and "prompts" in tables["localization"].column_names
+    text = summary_markdown(tables, "a run", "copydetect")
+    assert "n/a: no prompt was localized" in text
 
 
 def test_mitigations_are_judged_by_every_descriptor_and_the_rest_by_the_primary(tmp_path):

@@ -23,6 +23,7 @@ from tests.workflow import (
     rerun_reasons,
     rules_importing,
     snakemake,
+    summary_problems,
     write_config,
 )
 
@@ -76,6 +77,7 @@ def test_every_stage_runs_and_the_cache_matches_the_csv(demo):
     for heading in ("Replication", "Memorization detection", "NeMo localization", "Mitigations",
                     "Label fidelity", "Compute cost"):
         assert heading in summary
+    assert summary_problems(summary) == []  # every entry a table or "n/a: why", no error
 
 
 @pytest.mark.slow

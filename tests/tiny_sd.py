@@ -126,3 +126,24 @@ def stand_in_pipeline(root: Path) -> Path:
                  "text_encoder/model.safetensors"):
         (root / name).write_bytes(b"")
     return root
+
+
+def build_clip(root: Path) -> Path:
+    """A tiny random transformers CLIPModel folder with its processor (character tokenizer, 32 px)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer()
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    CLIPModel(config).save_pretrained(root)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(root)
+    return root

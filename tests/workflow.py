@@ -46,6 +46,16 @@ def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), che
     repo defaults to workdir when workdir is a copy of the workflow (copy_repo), else to REPO. A
     copy runs with PYTHONPATH=copy/src, so that its scripts import the copy's mnemo, not the
     editable install's."""
+    return started_snakemake(workdir, *args, configfiles=configfiles, check=check, env=env, repo=repo)(timeout)
+
+
+def started_snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), check: bool = True,
+                      env: dict | None = None, repo: Path | None = None):
+    """`snakemake(...)` started in the background: returns `finish(timeout)`, which waits and returns
+    the completed process (so that independent runs share the cores). Output goes to files, not
+    pipes, so that a run nobody reads yet never blocks on a full pipe."""
+    import tempfile
+
     if repo is None:
         repo = workdir if (workdir / "Snakefile").is_file() else REPO
     command = [SNAKEMAKE, "-s", str(repo / "Snakefile"), "-d", str(workdir)]
@@ -55,10 +65,26 @@ def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), che
     env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
     if Path(repo).resolve() != REPO:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(repo) / "src"), env.get("PYTHONPATH")]))
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
-    return result
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (finish closes them)
+    process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+
+    def finish(timeout: int = 1800) -> subprocess.CompletedProcess:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        with out, err:
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
+        if check and result.returncode != 0:
+            raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n"
+                                 f"{result.stderr[-6000:]}")
+        return result
+
+    return finish
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -143,3 +169,15 @@ def edited(path: Path, text: bytes = b"\n# an edit\n") -> Iterator[None]:
     finally:
         path.write_bytes(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def summary_problems(text: str) -> list[str]:
+    """Sections of a summary.md that are neither a table nor an explicit "n/a: why", and any error
+    text (a failed query, an exception) in it: every entry must be a table or say why it is n/a."""
+    problems = [line for line in text.splitlines()
+                if re.search(r"query failed|not computed|Error|Exception|Traceback|_no rows_", line)]
+    for section in text.split("\n## ")[1:]:
+        heading, _, body = section.partition("\n")
+        if heading != "Figures" and not re.search(r"^(\| |n/a: \S)", body, re.MULTILINE):
+            problems.append(f"section {heading!r}: neither a table nor 'n/a: why'")
+    return problems
