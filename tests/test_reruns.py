@@ -40,6 +40,7 @@ def _sd_config(tmp_path: Path) -> Path:
     config["results"] = "results"
     config["prompts"].update(memorized=str(memorized), unmemorized=str(unmemorized), originals=str(originals))
     config["variants"]["sd14"]["pretrained"] = str(tiny_sd.stand_in_pipeline(tmp_path / "sd"))
+    config["clip"] = {"model": str(tiny_sd.stand_in_clip(tmp_path / "clip"))}  # plans clip_alignment too
     config["descriptors"]["sscd"]["weights"] = str(tmp_path / "sscd.pt")
     return write_config(tmp_path / "sd.yaml", config)
 

@@ -147,3 +147,13 @@ def build_clip(root: Path) -> Path:
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(root)
     return root
+
+
+def stand_in_clip(root: Path) -> Path:
+    """A CLIPModel folder layout (config, empty weights, tokenizer and image processor configs):
+    enough for the config check and planning jobs, not to load a model."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    for name in ("model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        (root / name).write_text("")
+    return root
