@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +33,8 @@ def _config(tmp_path):
                                                   "norm_num_groups": 4}}}},
         "variants": {
             "latent": {"vae": "tiny_vae", "guidance": [1, 3], "mitigations": ["none", "nemo"]},
-            "finetuned": {"pretrained": str(pipeline), "train": {"steps": 3, "learning_rate": 1e-4},
+            "finetuned": {"pretrained": str(pipeline),  # with Wen's training-time filter
+                          "train": {"steps": 3, "learning_rate": 1e-4, "filter": {"warmup_steps": 1, "percentile": 50}},
                           "guidance": [1, 3], "mitigations": ["none", "nemo"]},
         },
         "localize": {"sample_check": {"enabled": False}},
@@ -55,13 +58,13 @@ def latent_runs(tmp_path_factory):
     killed = snakemake(work, "--cores", "2", "results/models/latent/pipeline", configfiles=configs, check=False,
                        env=dict(os.environ, MNEMO_FAULT="train:3"))
     snakemake(work, "--cores", "2", *[t for v in VARIANTS for t in _targets(v)], configfiles=configs)
-    return work, killed
+    return work, killed, configs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_goes_train_generate_detect_localize(latent_runs, variant):
-    work, _ = latent_runs
+    work, *_ = latent_runs
     results = work / "results"
     model = DiffusionModel.from_pretrained(results / "models" / variant / "pipeline")
     assert model.vae is not None and model.sample_shape == (4, 16, 16)
@@ -76,7 +79,7 @@ def test_variant_goes_train_generate_detect_localize(latent_runs, variant):
 
 @pytest.mark.slow
 def test_latents_are_encoded_once_per_vae_and_the_vae_is_trained_in_its_own_job(latent_runs):
-    work, _ = latent_runs
+    work, *_ = latent_runs
     results = work / "results"
     assert (results / "vaes" / "tiny_vae" / "model" / "config.json").is_file()
     assert sorted(p.parent.name for p in (results / "latents").glob("*/train_32px.safetensors")) == [
@@ -88,7 +91,7 @@ def test_latents_are_encoded_once_per_vae_and_the_vae_is_trained_in_its_own_job(
 @pytest.mark.slow
 @pytest.mark.reliability
 def test_killed_latent_training_resumes_from_its_checkpoint(latent_runs):
-    work, killed = latent_runs
+    work, killed, _ = latent_runs
     assert killed.returncode != 0, "the injected kill did not stop the run"
     log = (work / "results" / "logs" / "train" / "latent.log").read_text()
     assert "resumed from checkpoint" in log and "at step 3" in log
@@ -96,7 +99,7 @@ def test_killed_latent_training_resumes_from_its_checkpoint(latent_runs):
 
 @pytest.mark.slow
 def test_finetuning_keeps_the_pipelines_tokenizer_and_frozen_text_encoder(latent_runs, tmp_path):
-    work, _ = latent_runs
+    work, *_ = latent_runs
     tuned = DiffusionModel.from_pretrained(work / "results" / "models" / "finetuned" / "pipeline")
     pipeline = next(work.parent.glob("sd"))
     base = DiffusionModel.from_pretrained(pipeline)
@@ -106,3 +109,20 @@ def test_finetuning_keeps_the_pipelines_tokenizer_and_frozen_text_encoder(latent
         assert a.equal(b), name
     assert any(not a.equal(b) for a, b in zip(tuned.unet.state_dict().values(), base.unet.state_dict().values(),
                                                 strict=True))
+    summary = json.loads((work / "results" / "models" / "finetuned" / "train_summary.json").read_text())
+    assert summary["filter_threshold"] is not None and summary["filtered_fraction_mean"] > 0
+
+
+@pytest.mark.slow
+def test_a_train_job_given_two_gpus_trains_in_two_torchrun_processes(latent_runs, tmp_path):
+    """The train rule's gpu resource above 1 starts torchrun (here 2 CPU processes on gloo)."""
+    work, _, configs = latent_runs
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    for done in ("checkpoints/latent", "models/latent/pipeline"):  # this model alone is trained again
+        shutil.rmtree(copy / "results" / done)
+    snakemake(copy, "--cores", "2", "results/models/latent/pipeline", "--allowed-rules", "train",
+              "--resources", "gpu=2", "--set-resources", "train:gpu=2", configfiles=configs)
+    log = (copy / "results" / "logs" / "train" / "latent.log").read_text()
+    ranks = dict(re.findall(r"rank (\d): 6 steps, weights ([0-9a-f]{16})", log))
+    assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"], log[-3000:]

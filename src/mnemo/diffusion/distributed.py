@@ -44,9 +44,9 @@ def _worker(job_file: str) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        torch.set_num_threads(max(1, job.threads))
-        from mnemo.workflow import fault_point
+        from mnemo.workflow import configure_torch, fault_point
 
+        configure_torch(job.threads, device)  # as the single-process job does
         result = run_training_job(job, device=device, on_checkpoint=lambda step: fault_point("train", step))
         print(f"rank {dist.get_rank()}: {len(result.history) - result.resumed_from_step} steps, "
               f"weights {result.weights_digest}", flush=True)
