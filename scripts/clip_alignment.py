@@ -1,5 +1,6 @@
 import pyarrow.parquet as pq
 
+from mnemo.detect.metrics import median_mad
 from mnemo.evaluate.clip_alignment import ClipAlignment, clip_alignment_table
 from mnemo.workflow import device_of, job, write_parquet
 
@@ -8,5 +9,4 @@ with job(snakemake) as log:
     table = clip_alignment_table(pq.read_table(snakemake.input.samples), pq.read_table(snakemake.input.prompts),
                                  scorer, snakemake.params.batch_size)
     write_parquet(table, snakemake.output[0])
-    log.info("A_CLIP of %d samples: median %.3f", table.num_rows,
-             sorted(table.column("a_clip").to_pylist())[table.num_rows // 2] if table.num_rows else float("nan"))
+    log.info("A_CLIP of %d samples: median %.3f, MAD %.3f", table.num_rows, *median_mad(table.column("a_clip")))

@@ -164,7 +164,7 @@ def read_prompt_file(path: str | Path, memorized: bool) -> list[dict]:
     else:
         rows = _read_nemo_csv(path, text, memorized)
     if not rows:
-        raise PromptFileError(path, None, "no prompts (a header only)")
+        raise PromptFileError(path, None, "no prompts in the file (a header only?)")
     return rows
 
 
