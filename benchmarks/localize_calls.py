@@ -1,36 +1,42 @@
-"""NeMo search cost per prompt: batched candidate masks vs one candidate set per UNet call.
+"""NeMo search cost: lockstep, one-by-one and speculative search on the same prompts.
 
-Why: the official NeMo code scores each candidate neuron set with its own UNet call; evaluating
-many sets in one batched call with per-sample masks makes the same decisions with far fewer
-calls. On a tiny random Stable-Diffusion-shaped model nothing is memorized, so the threshold is
-set just under each prompt's unblocked score (the search then has to find neurons that remove
-the signal), which exercises the full initial selection and refinement.
+Why: the official NeMo code scores each candidate neuron set with its own UNet call (`sequential`).
+`lockstep` puts every prompt's next test in one batched call per round: the same tests, far fewer
+calls, every batch row used. `speculative` scores a tree of likely next tests per call for one
+prompt at a time: fewest calls, but the sets off the path taken cost compute. All three must find
+the same neurons; this prints their wall time and UNet calls, and says whether they agree.
 
-    python benchmarks/localize_calls.py                    # tiny SD model on CPU
+    python benchmarks/localize_calls.py --demo results              # the demo's flagged prompts, cfg model
+    python benchmarks/localize_calls.py --demo results --max-prompts 8 --modes lockstep sequential
+    python benchmarks/localize_calls.py                             # a tiny random SD model
     python benchmarks/localize_calls.py --pipeline /path/to/stable-diffusion-v1-4 --device cuda
-    python benchmarks/localize_calls.py --demo results --batch-size 256   # the demo's cfg model
 
-With --demo the trained demo model's planted prompts are searched as the workflow does: the
-detection stage's tau, the demo config's layers and search signal, reference prompts from the
-prompt table.
+With --demo the trained model's flagged prompts (detection's `nemo_flagged`) are searched as the
+workflow searches them: detection's tau, the config's layers, signal, schedule and seeds (the
+config file given, default config.yaml), reference statistics from the prompt table. Without it,
+nothing is memorized in the random model, so each prompt's threshold is set just under its
+unblocked score, which makes the search select and refine.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from mnemo.diffusion.model import DiffusionModel
-from mnemo.nemo.blocking import value_layers
-from mnemo.nemo.localize import LocalizeConfig, Localizer, search_threshold
-from mnemo.nemo.selection import reference_statistics
+from mnemo.diffusion.model import DiffusionModel  # noqa: E402
+from mnemo.nemo.blocking import value_layers  # noqa: E402
+from mnemo.nemo.localize import LocalizeConfig, Localizer, search_threshold  # noqa: E402
+from mnemo.nemo.refinement import MODES  # noqa: E402
+from mnemo.nemo.selection import encode_prompts, reference_statistics  # noqa: E402
+from mnemo.nemo.signal import SearchSignal  # noqa: E402
 
 PROMPTS = ["a painting of the great wave", "the mona lisa by leonardo", "portrait of a man in a hat",
            "living room with a grey sofa", "a cat on a mat", "mountains at sunset"]
@@ -40,20 +46,76 @@ REFERENCE = ["a red bicycle", "two dogs playing in snow", "a bowl of fruit", "ci
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline", help="diffusers SD folder (default: a tiny random one)")
+    parser.add_argument("--demo", help="results folder of a finished demo run: search its model's flagged prompts")
+    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="--demo: the run's config file")
+    parser.add_argument("--variant", default="cfg")
+    parser.add_argument("--max-prompts", type=int, default=None, help="search only the first N prompts")
+    parser.add_argument("--modes", nargs="+", default=["lockstep", "sequential", "speculative"], choices=MODES)
+    parser.add_argument("--pipeline", help="without --demo: a diffusers SD folder (default: a tiny random one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per UNet call, batched mode")
-    parser.add_argument("--demo", help="results folder of a finished demo run: search its cfg model")
-    parser.add_argument("--variant", default="cfg")
-    parser.add_argument("--max-prompts", type=int, default=None, help="--demo: search only the first N planted")
+    parser.add_argument("--batch-size", type=int, default=256, help="most batch rows per UNet call")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.demo:
-        demo(args)
-        return
+    model, base, prompts, tau, score_tau, reference = demo(args) if args.demo else tiny(args)
+    prompts = prompts[:args.max_prompts]
+    layers = value_layers(model.unet, base.blocks)
+    embeds = encode_prompts(model, [r["prompt"] for r in reference])
+    stats = reference_statistics(model, layers, embeds)
+    signal = SearchSignal(model, layers, base, embeds)
+    if score_tau == "search":
+        score_tau = search_threshold(model, layers, stats, tau, base, reference, signal)
+    print(f"model: {len(layers)} value layers, {sum(layer.width for layer in layers)} neurons; search "
+          f"{base.score} of {base.signal} at step {base.signal_step}; {len(prompts)} prompts, {base.samples} "
+          f"samples each; at most {args.batch_size} rows per call; {args.device}, {args.threads} threads")
+    found, cost = {}, {}
+    for mode in args.modes:
+        config = LocalizeConfig(**{**base.__dict__, "mode": mode, "batch_size": args.batch_size})
+        localizer = Localizer(model, layers, stats, tau, config, score_tau, signal=signal)
+        began = time.perf_counter()
+        results = localizer.localize_many(prompts)
+        seconds = time.perf_counter() - began
+        found[mode] = [(r.initial_neurons, r.refined_neurons) for r in results]
+        cost[mode] = (seconds, sum(r.unet_calls for r in results))
+        print(f"{mode:>11}: {seconds:8.1f} s, {cost[mode][1]:7.0f} UNet calls; refined neurons per prompt "
+              f"{[len(r.refined_neurons) for r in results]}", flush=True)
+    reference_mode = "sequential" if "sequential" in cost else args.modes[0]
+    seconds, calls = cost[reference_mode]
+    print("\n| mode | wall s | UNet calls | wall / one-by-one | calls / one-by-one | same neurons as one-by-one |")
+    print("|---|---|---|---|---|---|")
+    for mode, (s, c) in cost.items():
+        same = sum(a == b for a, b in zip(found[mode], found[reference_mode], strict=True))
+        print(f"| {mode} | {s:.1f} | {c:.0f} | {s / seconds:.2f} | {c / calls:.3f} | {same} of {len(prompts)} |")
+
+
+def demo(args):
+    """The workflow's search on a trained demo model: its flagged prompts, its thresholds and seeds."""
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from mnemo.config import validate
+
+    root = Path(args.demo)
+    settings = validate(yaml.safe_load(Path(args.config).read_text()), REPO / "config.schema.yaml")
+    options = {k: v for k, v in settings["localize"].items()
+               if k in LocalizeConfig.__dataclass_fields__ and k != "mode"}
+    base = LocalizeConfig(**options, steps=settings["detect"]["steps"],
+                          nemo_steps=settings["detect"]["nemo_steps"], nemo_timestep=settings["detect"]["nemo_timestep"])
+    model = DiffusionModel.from_pretrained(root / "models" / args.variant / "pipeline", device=args.device)
+    table = pq.read_table(root / "prompts" / "prompts.parquet").to_pylist()
+    texts = {r["prompt_id"]: r["prompt"] for r in table}
+    flagged = [r["prompt_id"] for r in pq.read_table(root / "detect" / args.variant / "scores.parquet",
+                                                     columns=["prompt_id", "nemo_flagged"]).to_pylist()
+               if r["nemo_flagged"]]
+    tau = json.loads((root / "detect" / args.variant / "threshold.json").read_text())["tau"]
+    reference = [r for r in table if r["reference"]]
+    return model, base, [(p, texts[p]) for p in flagged], tau, "search", reference
+
+
+def tiny(args):
+    """A random SD-shaped model; per-prompt thresholds just under the unblocked scores."""
     with tempfile.TemporaryDirectory() as tmp:
         path = args.pipeline
         if path is None:
@@ -62,64 +124,17 @@ def main() -> None:
             path = build_pipeline(Path(tmp) / "sd")
         dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
         model = DiffusionModel.from_pretrained(path, device=args.device, dtype=dtype)
-    layers = value_layers(model.unet)
+    base = LocalizeConfig(theta=2.0, batch_size=args.batch_size)
+    layers = value_layers(model.unet, base.blocks)
     stats = reference_statistics(model, layers, REFERENCE)
-    base = LocalizeConfig(samples=args.samples, steps=args.steps, theta=2.0, batch_size=args.batch_size)
-    searches = []
-    for i, prompt in enumerate(PROMPTS):
-        probe = Localizer(model, layers, stats, -1.0, base).localize(f"p{i}", prompt)
-        searches.append((f"p{i}", prompt, probe.unblocked_score - 0.02, None))
-    compare(model, layers, stats, base, searches, args, REFERENCE)
-
-
-def demo(args) -> None:
-    """The workflow's search on a trained demo model: its planted prompts, its thresholds."""
-    import json
-
-    import pyarrow.parquet as pq
-    import yaml
-
-    root = Path(args.demo)
-    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
-    config = settings["localize"]
-    model = DiffusionModel.from_pretrained(root / "models" / args.variant / "pipeline", device=args.device)
-    prompts = pq.read_table(root / "prompts" / "prompts.parquet").to_pylist()
-    tau = json.loads((root / "detect" / args.variant / "threshold.json").read_text())["tau"]
-    layers = value_layers(model.unet, config["blocks"])
-    reference = [r for r in prompts if r["reference"]]
-    stats = reference_statistics(model, layers, [r["prompt"] for r in reference])
-    base = LocalizeConfig(blocks=config["blocks"], signal=config["signal"], signal_step=config["signal_step"],
-                          score=config["score"], samples=args.samples, steps=settings["detect"]["steps"],
-                          batch_size=args.batch_size)
-    score_tau = search_threshold(model, layers, stats, tau, base, reference)
-    print(f"{args.variant}: {base.score} of {base.signal} at step {base.signal_step}, blocks {list(base.blocks)}, "
-          f"tau {tau:.3f}, search tau {'per prompt' if score_tau is None else f'{score_tau:.3f}'}")
-    searches = [(r["prompt_id"], r["prompt"], tau, score_tau) for r in prompts if r["group"] == "planted"]
-    searches = searches[:args.max_prompts]
-    compare(model, layers, stats, base, searches, args, [r["prompt"] for r in reference])
-
-
-def compare(model, layers, stats, base, searches, args, reference) -> None:
-    rows = {"batched": [], "sequential": []}
-    for prompt_id, prompt, tau, score_tau in searches:
-        found = {}
-        for mode in rows:
-            config = LocalizeConfig(**{**base.__dict__, "mode": mode})
-            result = Localizer(model, layers, stats, tau, config, score_tau, reference).localize(prompt_id, prompt)
-            rows[mode].append(result)
-            found[mode] = result.refined_neurons
-        agree = "same neurons" if found["batched"] == found["sequential"] else "DIFFERENT neurons"
-        print(f"{prompt_id}: batched {rows['batched'][-1].unet_calls:4d} calls {rows['batched'][-1].seconds:6.2f} s | "
-              f"one-by-one {rows['sequential'][-1].unet_calls:4d} calls {rows['sequential'][-1].seconds:6.2f} s | "
-              f"{len(found['batched'])} neurons, {agree}", flush=True)
-    neurons = sum(layer.width for layer in layers)
-    print(f"model: {len(layers)} value layers, {neurons} neurons, {args.samples} samples per prompt, "
-          f"{args.batch_size} samples per batched call, {args.device}")
-    for mode, results in rows.items():
-        print(f"{mode:>10}: median {statistics.median(r.unet_calls for r in results):.0f} UNet calls, "
-              f"median {statistics.median(r.seconds for r in results):.2f} s per prompt")
-    ratio = sum(r.unet_calls for r in rows["batched"]) / sum(r.unet_calls for r in rows["sequential"])
-    print(f"batched / one-by-one UNet calls: {ratio:.2f}")
+    prompts = [(f"p{i}", prompt) for i, prompt in enumerate(PROMPTS)]
+    probe = Localizer(model, layers, stats, -1.0, base)
+    with torch.no_grad():
+        unblocked = [probe.signal.memorization(probe._latents(i), model.encode_prompts([p]))[1].max()
+                     for i, p in prompts]
+    tau = float(min(unblocked)) - 0.02
+    reference = [{"prompt_id": f"r{i}", "prompt": prompt} for i, prompt in enumerate(REFERENCE)]
+    return model, base, prompts, tau, tau, reference
 
 
 if __name__ == "__main__":

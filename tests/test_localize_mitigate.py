@@ -140,11 +140,11 @@ def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0
     oracle = _Oracle(essential)
     calls = []
 
-    def scores(state, sets):
-        calls.append(len(sets))
-        return oracle(state, sets)
+    def scores_many(requests):
+        calls.append(sum(len(sets) for _, sets in requests))
+        return [oracle(state, sets) for state, sets in requests]
 
-    monkeypatch.setattr(localizer.refinement, "scores", scores)
+    monkeypatch.setattr(localizer.refinement, "scores_many", scores_many)
     monkeypatch.setattr(localizer, "tau", 0.5)
     # memorized by construction: every unblocked sample is above tau
     monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
@@ -153,14 +153,16 @@ def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0
 
 @pytest.mark.parametrize("essential", [[2, 17, 35],                                   # a few neurons
                                        [n for n in range(4, 40) if n % 5 != 0]])   # most of them
-def test_greedy_pruning_finds_the_essential_neurons_in_both_modes(tiny_model, monkeypatch, essential):
+def test_greedy_pruning_finds_the_essential_neurons_in_every_mode(tiny_model, monkeypatch, essential):
     sequential, seq_calls = _search(tiny_model, "sequential", essential, monkeypatch)
-    batched, bat_calls = _search(tiny_model, "batched", essential, monkeypatch)
-    assert sequential.refined_neurons == batched.refined_neurons == essential
-    assert sequential.initial_neurons == batched.initial_neurons
-    assert sequential.success and batched.success
+    speculative, spec_calls = _search(tiny_model, "speculative", essential, monkeypatch)
+    lockstep, lock_calls = _search(tiny_model, "lockstep", essential, monkeypatch)
+    assert sequential.refined_neurons == speculative.refined_neurons == lockstep.refined_neurons == essential
+    assert sequential.initial_neurons == speculative.initial_neurons == lockstep.initial_neurons
+    assert sequential.success and speculative.success and lockstep.success
     assert all(n == 1 for n in seq_calls)           # one candidate set per call
-    assert len(bat_calls) * 4 <= len(seq_calls)     # the batched search needs far fewer calls
+    assert lock_calls == seq_calls                  # one prompt: the same tests, nothing speculative
+    assert len(spec_calls) * 4 <= len(seq_calls)    # speculation needs far fewer calls
 
 
 class _SampleCheckStub:
@@ -189,7 +191,7 @@ class _SampleCheckStub:
         return self.per_call
 
 
-@pytest.mark.parametrize(("mode", "per_call"), [("sequential", 1), ("batched", 8)])
+@pytest.mark.parametrize(("mode", "per_call"), [("sequential", 1), ("speculative", 8)])
 def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_model, monkeypatch, mode, per_call):
     essential = [2, 17, 35]
     check = _SampleCheckStub(needed=10, per_call=per_call)
@@ -251,7 +253,7 @@ def test_speculation_tree_follows_the_likely_decisions():
                                                        ("guidance_direction", 0, "ms_ssim"),
                                                        ("guidance_direction", 2, "ms_ssim"),
                                                        ("guidance_direction", 2, "projection")])
-def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step, score):
+def test_lockstep_speculative_and_one_by_one_scores_agree(tiny_model, signal, step, score):
     layers = value_layers(tiny_model.unet)
     x = initial_noise([1, 2, 3], tiny_model.sample_shape)
     embeds = tiny_model.encode_prompts(TINY_PROMPTS[:1])
@@ -268,11 +270,20 @@ def test_batched_and_one_by_one_scores_agree(tiny_model, signal, step, score):
                               config=LocalizeConfig(mode=mode, steps=3, signal=signal, signal_step=step,
                                                     score=score, batch_size=8), reference_prompts=TINY_PROMPTS[1:])
         state = _PromptState(x, embeds, localizer.signal.prepare(localizer.raw_signal(x, embeds, None)))
-        if mode == "batched":
+        if mode == "speculative":
             return localizer.scores(state, sets)
+        if mode == "lockstep":  # another prompt's request in the same call changes nothing
+            other_embeds = tiny_model.encode_prompts(TINY_PROMPTS[1:2])
+            other = _PromptState(x[:2], other_embeds,
+                                 localizer.signal.prepare(localizer.raw_signal(x[:2], other_embeds, None)))
+            mine, theirs = localizer.refinement.scores_many([(other, sets[:2]), (state, sets)])
+            torch.testing.assert_close(mine, localizer.scores(other, sets[:2]), rtol=1e-4, atol=1e-5)
+            return theirs
         return torch.cat([localizer.scores(state, [s]) for s in sets])
 
-    torch.testing.assert_close(score_all("batched"), score_all("sequential"), rtol=1e-4, atol=1e-5)
+    one_by_one = score_all("sequential")
+    torch.testing.assert_close(score_all("speculative"), one_by_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(score_all("lockstep"), one_by_one, rtol=1e-4, atol=1e-5)
 
 
 def test_guidance_direction_vanishes_when_every_value_neuron_is_blocked(tiny_model):
@@ -392,7 +403,7 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal, score)
                                LocalizeConfig(samples=4, steps=3, theta=2.0, seed=0, mode=mode, signal=signal,
                                               score=score),
                                reference_prompts=TINY_PROMPTS[1:]).localize("p", TINY_PROMPTS[0])
-               for mode in ("batched", "sequential")}
+               for mode in ("speculative", "sequential", "lockstep")}
     for result in results.values():
         assert result.memorized
         assert result.unet_calls > 0 and result.seconds > 0
@@ -403,8 +414,9 @@ def test_localization_runs_end_to_end_on_a_tiny_model(tiny_model, signal, score)
         if result.success:
             assert set(result.refined_neurons) <= set(result.initial_neurons)
             assert result.refined_score <= result.score_tau
-    assert results["batched"].refined_neurons == results["sequential"].refined_neurons
-    assert results["batched"].unet_calls <= results["sequential"].unet_calls
+    assert results["speculative"].refined_neurons == results["sequential"].refined_neurons
+    assert results["lockstep"].refined_neurons == results["sequential"].refined_neurons
+    assert results["speculative"].unet_calls <= results["sequential"].unet_calls
 
 
 # --- Wen et al.'s inference-time mitigation ------------------------------------------------------

@@ -3,7 +3,7 @@
 `tests/nemo_reference.py` is NeMo written naively from the paper and the official procedure
 (batch 1, hooks on `attn2.to_v`, Python lists, one UNet call per test). On a tiny random
 SD-shaped UNet (6 down + 1 mid value layers, SD's noise schedule) both must find the same initial
-and refined neurons, batched and one-by-one, for prompts that pass early, late and not at all (the
+and refined neurons in every search mode (one by one, speculative, lockstep across prompts), for prompts that pass early, late and not at all (the
 relaxed fallback), and compute the same noise differences. `pytest -k conformance` selects these.
 """
 
@@ -101,7 +101,7 @@ def test_conformance_the_scenarios_cover_early_late_and_relaxed_searches(naive_r
     assert any(sum(1 for layer in r.refined if layer) > 1 for r in results)           # several layers kept
 
 
-@pytest.mark.parametrize("mode", ["sequential", "batched"])
+@pytest.mark.parametrize("mode", ["sequential", "speculative", "lockstep"])
 def test_conformance_mnemo_finds_the_official_neurons(sd_shaped, naive_results, mode):
     naive, expected = naive_results
     layers = value_layers(sd_shaped.unet, ("down", "mid"))
@@ -109,8 +109,8 @@ def test_conformance_mnemo_finds_the_official_neurons(sd_shaped, naive_results, 
     stats = reference_statistics(sd_shaped, layers, REFERENCE)
     config = LocalizeConfig(samples=SAMPLES, seed=SEED, kernel_size=KERNEL, mode=mode, batch_size=64)
     localizer = Localizer(sd_shaped, layers, stats, MEMORIZED_TAU, config, score_tau=SELECTION_TAU)
-    for i, (prompt, reference) in enumerate(zip(SEARCHED, expected, strict=True)):
-        result = localizer.localize(f"p{i}", prompt)
+    found = localizer.localize_many([(f"p{i}", prompt) for i, prompt in enumerate(SEARCHED)])
+    for prompt, reference, result in zip(SEARCHED, expected, found, strict=True):
         assert result.kept_samples == len(reference.kept)
         assert result.relaxed == reference.relaxed, prompt
         assert (result.theta, result.top_k) == (reference.theta, reference.top_k), prompt

@@ -283,3 +283,24 @@ def _cost_sql():
     from mnemo.report.tables import query
 
     return query("cost")
+
+
+def test_mode_agreement_compares_the_run_mode_with_one_by_one_search(tmp_path):
+    """A lockstep prompt's calls and seconds are fractional shares; a prompt counts as agreeing
+    only when the refined neurons are identical."""
+    rows = [  # prompt, mode, initial, refined, calls, seconds
+        ("p1", "lockstep", [1, 2, 3], [1, 2], 10.5, 2.0), ("p1", "sequential", [1, 2, 3], [1, 2], 40, 4.0),
+        ("p2", "lockstep", [3, 4], [3], 5.5, 1.0), ("p2", "sequential", [3, 4], [4], 20, 4.0),
+        ("p3", "lockstep", [5], [5], 3.0, 1.0),  # not compared
+    ]
+    table = pa.Table.from_pylist([
+        {"prompt_id": p, "mode": m, "memorized": True, "initial_neurons": i, "refined_neurons": r,
+         "unet_calls": float(c), "seconds": s} for p, m, i, r, c, s in rows])
+    pq.write_table(table, tmp_path / "neurons.parquet")
+    sources = {"neurons": [(str(tmp_path / "neurons.parquet"), {"variant": "cfg"})]}
+    result = run_queries(connect(sources, {**SETTINGS, "primary_mode": "lockstep"}), ["mode_agreement"])
+    (row,) = result["mode_agreement"].to_pylist()
+    assert (row["mode"], row["compared_with"], row["prompts"]) == ("lockstep", "sequential", 2)
+    assert (row["same_initial_neurons"], row["same_neurons"]) == (2, 1)
+    assert row["call_ratio"] == pytest.approx(16 / 60, abs=1e-4)
+    assert row["seconds_ratio"] == pytest.approx(3 / 8, abs=1e-4)

@@ -4,7 +4,7 @@ value layers of any diffusers UNet.
 The search is NeMo's: an out-of-distribution initial selection against reference activation
 statistics (`mnemo.nemo.selection`), widened until blocking removes the memorization signal, then
 a greedy causal pruning, layers then single neurons (`mnemo.nemo.refinement`, which also runs the
-search batched or one candidate per UNet call). Each candidate test asks "is the blocked model's
+search in lockstep across prompts, one by one or speculatively). Each candidate test asks "is the blocked model's
 signal still like the unblocked, memorized one?"; which signal and score it compares, and their
 thresholds, are `mnemo.nemo.signal`'s.
 
@@ -28,7 +28,7 @@ import torch
 from mnemo.diffusion.model import DiffusionModel
 from mnemo.diffusion.sample import initial_noise, sample_seed
 from mnemo.nemo.blocking import ValueLayer, locate, neuron_count, value_activations
-from mnemo.nemo.refinement import MODES, Chain, Refinement, _PromptState
+from mnemo.nemo.refinement import MODES, Chain, Refinement, Search, SearchCost, _PromptState
 from mnemo.nemo.sample_check import SampleCheck, smallest_passing
 from mnemo.nemo.selection import (
     ReferenceStats,
@@ -69,7 +69,7 @@ class LocalizeConfig:
     kernel_size: int | str = "auto"
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 256
-    mode: str = "batched"
+    mode: str = "lockstep"
     signal: str = "noise_difference"
     signal_step: int = 0
     score: str = "ms_ssim"
@@ -115,9 +115,9 @@ class LocalizationResult:
     sample_similarity: float = float("nan")  # blocked samples' similarity to the unblocked consensus (check's quantile)
     sample_checks: int = 0          # denoising batches the sample check drew
     sample_seconds: float = 0.0
-    unet_calls: int = 0
-    seconds: float = 0.0
-    mode: str = "batched"
+    unet_calls: float = 0.0         # the search's; in lockstep its share of the calls it rode on
+    seconds: float = 0.0            # likewise
+    mode: str = "lockstep"
 
 
 class UNetCallCounter:
@@ -186,25 +186,37 @@ class Localizer:
         seeds = [sample_seed(prompt_id, i, self.config.seed) for i in range(self.config.samples)]
         return initial_noise(seeds, self.model.sample_shape, self.model.device, self.model.dtype)
 
-    # -- NeMo on one prompt --------------------------------------------------------------------
+    # -- NeMo on prompts -------------------------------------------------------------------------
     def localize(self, prompt_id: str, prompt: str) -> LocalizationResult:
+        return self.localize_many([(prompt_id, prompt)])[0]
+
+    def localize_many(self, prompts: Sequence[tuple[str, str]]) -> list[LocalizationResult]:
+        """NeMo on (prompt id, prompt) pairs: in lockstep mode all searches together, otherwise one
+        after another; then each prompt's sample check, if any."""
         counter = UNetCallCounter(self.model.unet)
-        began = time.perf_counter()
+        costs = [SearchCost() for _ in prompts]
+        searches = [self._search(prompt_id, prompt) for prompt_id, prompt in prompts]
         try:
-            result, state, chain = self._localize(prompt_id, prompt)
+            if self.config.mode == "lockstep":
+                outcomes = self.refinement.run_lockstep(searches, costs, lambda: counter.calls)
+            else:
+                outcomes = [self.refinement.run(search, cost, lambda: counter.calls)
+                            for search, cost in zip(searches, costs, strict=True)]
         finally:
             counter.close()
-        result.unet_calls = counter.calls
-        result.seconds = time.perf_counter() - began
-        result.mode = self.config.mode
-        if self.sample_check is not None and chain:
-            began = time.perf_counter()
-            self._check_samples(state, chain, result)
-            result.sample_seconds = time.perf_counter() - began
-        return result
+        results = []
+        for (result, state, chain), cost in zip(outcomes, costs, strict=True):
+            result.unet_calls, result.seconds, result.mode = cost.unet_calls, cost.seconds, self.config.mode
+            if self.sample_check is not None and chain:
+                began = time.perf_counter()
+                self._check_samples(state, chain, result)
+                result.sample_seconds = time.perf_counter() - began
+            results.append(result)
+        return results
 
-    def _localize(self, prompt_id: str, prompt: str) -> tuple[LocalizationResult, _PromptState | None, Chain]:
-        """NeMo's search; also returns the prompt's state and the chain of sets the pruning accepted."""
+    def _search(self, prompt_id: str, prompt: str) -> Search[tuple[LocalizationResult, _PromptState | None, Chain]]:
+        """NeMo's search of one prompt, as requests for candidate scores (`mnemo.nemo.refinement`);
+        returns the result, the prompt's state and the chain of sets the pruning accepted."""
         c = self.config
         latents = self._latents(prompt_id)
         with torch.no_grad():
@@ -230,7 +242,7 @@ class Localizer:
         schedule = selection_schedule(c.theta, c.theta_step, c.theta_min, c.top_k, c.k_max)
         selections = [initial_candidates(self.stats, self.layers, activation, theta, k) for theta, k in schedule]
         sets = [as_mask(lists, neuron_count(self.layers)) for lists in selections]
-        found, scores = self.refinement.first_passing(state, sets, lambda s: s <= state.tau)
+        found, scores = yield from self.refinement.first_passing(state, sets, lambda s: s <= state.tau)
         chosen = min(found, len(sets) - 1)
         result.theta, result.top_k = schedule[chosen]
         initial = sets[chosen]
@@ -248,7 +260,8 @@ class Localizer:
         # wider selections first (the sample check may need them; their signal score is not drawn yet)
         chain: Chain = [(wider, None) for wider in reversed(sets[chosen + 1:])]
         chain.append((initial, result.initial_score))
-        current, score = self.refinement.refine(state, selections[chosen], result.initial_score, self.layers, chain)
+        current, score = yield from self.refinement.refine(state, selections[chosen], result.initial_score,
+                                                           self.layers, chain)
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
         result.success = result.refined_score <= state.tau
@@ -358,7 +371,7 @@ def results_table(results: Sequence[LocalizationResult], layers: Sequence[ValueL
         ("checked_neurons", pa.list_(pa.int32())), ("checked_count", pa.int32()),
         ("checked_score", pa.float64()), ("checked_success", pa.bool_()), ("sample_agreement", pa.float64()), ("sample_similarity", pa.float64()),
         ("sample_checks", pa.int32()), ("sample_seconds", pa.float64()),
-        ("success", pa.bool_()), ("unet_calls", pa.int32()), ("seconds", pa.float64()),
+        ("success", pa.bool_()), ("unet_calls", pa.float64()), ("seconds", pa.float64()),
     ])
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -391,8 +404,8 @@ def localize_prompts(model: DiffusionModel, prompts: pa.Table, flagged: Sequence
                      ) -> tuple[list[ValueLayer], ReferenceStats, list[LocalizationResult]]:
     """Reference statistics over the reference prompts, then NeMo on every flagged prompt.
 
-    With `compare_modes` prompts are also searched in the other mode (batched vs one candidate
-    per call), so the two can be checked to agree and their costs compared: true for every
+    With `compare_modes` prompts are also searched one by one (or, if that is the mode, in
+    lockstep), so the two can be checked to agree and their costs compared: true for every
     flagged prompt, a number for the first that many. The reference prompts are encoded once,
     the search signal built once and a localizer once per mode. Returns the layers, reference
     statistics and results.
@@ -412,22 +425,26 @@ def localize_prompts(model: DiffusionModel, prompts: pa.Table, flagged: Sequence
         where = "per prompt" if score_tau is None else f"{score_tau:.4f}"
         log(f"search: {config.score} of {config.signal} at step {config.signal_step}, tau {where} "
             f"from {len(reference)} reference prompts")
-    other_mode = next(m for m in MODES if m != config.mode)
+    other_mode = "lockstep" if config.mode == "sequential" else "sequential"
     compared = len(flagged) if compare_modes is True else int(compare_modes)
     modes = [config.mode, other_mode] if compared > 0 else [config.mode]
     localizers = {mode: Localizer(model, layers, stats, tau, replace(config, mode=mode), score_tau,
                                   sample_check=sample_check, signal=signal)
                   for mode in modes}
+    pairs = [(prompt_id, texts[prompt_id]) for prompt_id in flagged]
     results = []
-    for position, prompt_id in enumerate(flagged):
-        for mode in modes if position < compared else modes[:1]:
-            result = localizers[mode].localize(prompt_id, texts[prompt_id])
-            log(f"{prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
-                f"(initial {len(result.initial_neurons)}), memorization {result.unblocked_score:.3f} "
-                f"(tau {tau:.3f}), blocked {config.score} {result.refined_score:.3f} (tau {result.score_tau:.3f}), "
-                f"{result.unet_calls} UNet calls, {result.seconds:.1f} s"
-                + ("" if sample_check is None else
-                   f"; samples agree {result.sample_agreement:.2f}, checked set {len(result.checked_neurons)}, "
-                   f"blocked {result.sample_similarity:.2f} after {result.sample_checks} sample batches"))
-            results.append(result)
+    for mode in modes:
+        todo = pairs if mode == config.mode else pairs[:compared]
+        # lockstep searches every prompt at once; the others report prompt by prompt as they go
+        batches = [todo] if mode == "lockstep" else [[pair] for pair in todo]
+        for batch in batches:
+            for result in localizers[mode].localize_many(batch):
+                log(f"{result.prompt_id} [{mode}]: {len(result.refined_neurons)} neurons "
+                    f"(initial {len(result.initial_neurons)}), memorization {result.unblocked_score:.3f} "
+                    f"(tau {tau:.3f}), blocked {config.score} {result.refined_score:.3f} "
+                    f"(tau {result.score_tau:.3f}), {result.unet_calls:.1f} UNet calls, {result.seconds:.1f} s"
+                    + ("" if sample_check is None else
+                       f"; samples agree {result.sample_agreement:.2f}, checked set {len(result.checked_neurons)}, "
+                       f"blocked {result.sample_similarity:.2f} after {result.sample_checks} sample batches"))
+                results.append(result)
     return layers, stats, results

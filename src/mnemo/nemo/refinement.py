@@ -4,22 +4,29 @@ to the first, and within a layer in the selection's order. A group is dropped wh
 it scores strictly below the refinement threshold (tau, or the relaxed threshold when no selection
 reached tau), as the official code decides.
 
-Two ways to run the same search: `sequential` evaluates one candidate set per UNet call, as the
-official code does; `batched` evaluates many candidate sets in one UNet call with a per-sample
-neuron mask. Greedy pruning's decisions depend on each other, so it scores a speculative tree of
-the likeliest next decisions (`speculation_tree`) and follows the branch the scores take. Both
-make the same decisions; the batched one makes far fewer UNet calls, at the cost of scoring sets
-off the path taken (free on a GPU with room in the batch, not on a CPU). One caveat: in a relaxed
-search the threshold is itself a score, so a test that removes a neuron of negligible effect lands
-on it within float noise, and the two modes (different batch shapes) may decide it differently.
+The search of one prompt is written once, as a generator that yields the candidate sets it needs
+scored (`Request`) and receives their scores; how the requests are scored is the search mode's:
+- `sequential`: one candidate set per UNet call, one prompt after another, as the official code;
+- `lockstep`: every prompt's next test in one batched UNet call per round (`run_lockstep`): the
+  same tests as one by one, nothing speculative, far fewer calls;
+- `speculative`: one prompt at a time, many candidate sets per call: greedy pruning's decisions
+  depend on each other, so it scores a tree of the likeliest next decisions (`speculation_tree`) and
+  follows the branch the scores take. Fewest calls; the sets off the path cost compute, free on a
+  GPU with room in the batch, not on a CPU.
+All make the same decisions. In a relaxed search the threshold is itself a score, so a test that
+removes a neuron of no effect lands exactly on it when every set is scored in batch 1, as the
+official code scores them, and within float noise of it when the same set is scored in another
+batch shape. A drop therefore needs the score below the threshold by more than `TIE_TOLERANCE`.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -27,10 +34,14 @@ from mnemo.nemo.blocking import ValueLayer, neuron_count
 from mnemo.nemo.selection import as_mask
 from mnemo.nemo.signal import SearchSignal
 
-MODES = ("batched", "sequential")
+MODES = ("lockstep", "sequential", "speculative")
+# Scores closer than this to the refinement threshold count as equal to it (not below): what one
+# set's score differs by between batch shapes on CPU is about 2e-6.
+TIE_TOLERANCE = 1e-5
 
 # The sets the pruning accepted, widest first, with their scores (None: not scored yet).
 Chain = list[tuple[torch.Tensor, float | None]]
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -40,6 +51,23 @@ class _PromptState:
     unblocked: torch.Tensor   # unblocked signal maps of the kept samples, prepared for the score
     tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
     threshold: float = float("nan")  # refinement drops a group when the set without it scores below this
+
+    def drops(self, score: float) -> bool:
+        """Whether refinement drops a group whose removal leaves this score (see TIE_TOLERANCE)."""
+        return score < self.threshold - TIE_TOLERANCE
+
+
+# What a search asks for: the candidate sets of one prompt to score; it is sent their scores back.
+Request = tuple[_PromptState, list[torch.Tensor]]
+Search = Generator[Request, list[float], Result]
+
+
+@dataclass
+class SearchCost:
+    """UNet calls and seconds a search took; in lockstep a round's calls and seconds are shared
+    among its prompts in proportion to the rows each put in the batch."""
+    unet_calls: float = 0.0
+    seconds: float = 0.0
 
 
 class Refinement:
@@ -53,25 +81,77 @@ class Refinement:
 
     def scores(self, state: _PromptState, sets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Blocked score of each neuron set for the prompt (see `SearchSignal.scores`)."""
-        return self.signal.scores(state.latents, state.cond, state.unblocked, sets)
+        return self.scores_many([(state, list(sets))])[0]
+
+    def scores_many(self, requests: Sequence[Request]) -> list[torch.Tensor]:
+        """Scores of several prompts' requests, in one batched signal computation."""
+        return self.signal.scores_many([(state.latents, state.cond, state.unblocked, sets)
+                                        for state, sets in requests])
 
     def sets_per_call(self, state: _PromptState) -> int:
-        """Candidate sets scored per UNet call: one in sequential mode, as many as fit the batch in batched mode."""
-        if self.mode == "sequential":
+        """Candidate sets one test round scores for a prompt: as many as fit the batch when speculating,
+        otherwise one (the next real test)."""
+        if self.mode != "speculative":
             return 1
         return max(1, self.signal.settings.batch_size // (len(state.latents) * self.signal.rows_per_sample))
 
-    def first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor],
-                      passes: Callable[[float], bool]) -> tuple[int, list[float]]:
-        """Index of the first set whose score `passes` (len(sets) if none), evaluating lazily.
+    # -- driving searches ---------------------------------------------------------------------
+    def run(self, search: Search[Result], cost: SearchCost | None = None,
+            count_calls: Callable[[], int] = lambda: 0) -> Result:
+        """Drive one prompt's search to its end, scoring each request on its own."""
+        began, calls = time.perf_counter(), count_calls()
+        try:
+            state, sets = next(search)
+            while True:
+                state, sets = search.send(self.scores(state, sets).tolist())
+        except StopIteration as stop:
+            if cost is not None:
+                cost.unet_calls += count_calls() - calls
+                cost.seconds += time.perf_counter() - began
+            return stop.value
 
-        Sequential mode scores one set per UNet call; batched mode scores as many sets as fit
-        in one call and stops at the first chunk that contains a passing set.
-        """
+    def run_lockstep(self, searches: Sequence[Search[Result]], costs: Sequence[SearchCost],
+                     count_calls: Callable[[], int] = lambda: 0) -> list[Result]:
+        """Drive many prompts' searches together: each round scores every pending request in one
+        batched signal computation (`scores_many`), then sends each prompt its scores.
+        A prompt's setup (its first request) is timed and counted on its own."""
+        results: list[Result] = [None] * len(searches)  # type: ignore[list-item]
+        pending: dict[int, Request] = {}
+
+        def advance(index: int, scores: list[float] | None) -> None:
+            try:
+                pending[index] = next(searches[index]) if scores is None else searches[index].send(scores)
+            except StopIteration as stop:
+                results[index] = stop.value
+                pending.pop(index, None)
+
+        for index in range(len(searches)):
+            began, calls = time.perf_counter(), count_calls()
+            advance(index, None)
+            costs[index].unet_calls += count_calls() - calls
+            costs[index].seconds += time.perf_counter() - began
+        while pending:
+            began, calls = time.perf_counter(), count_calls()
+            order = list(pending)
+            scored = self.scores_many([pending[i] for i in order])
+            rows = [len(pending[i][0].latents) * len(pending[i][1]) for i in order]
+            round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began
+            for i, n, scores in zip(order, rows, scored, strict=True):
+                costs[i].unet_calls += round_calls * n / sum(rows)
+                costs[i].seconds += round_seconds * n / sum(rows)
+                advance(i, scores.tolist())
+        return results
+
+    # -- the search's steps, as generators of requests ----------------------------------------
+    def first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor],
+                      passes: Callable[[float], bool]) -> Search[tuple[int, list[float]]]:
+        """Index of the first set whose score `passes` (len(sets) if none), testing lazily in order;
+        also the scores seen. A speculative search scores as many sets per request as fit the batch
+        and stops at the first chunk that contains a passing set."""
         per_call = self.sets_per_call(state)
         seen: list[float] = []
         for begin in range(0, len(sets), per_call):
-            chunk = self.scores(state, sets[begin:begin + per_call]).tolist()
+            chunk = yield state, list(sets[begin:begin + per_call])
             for offset, score in enumerate(chunk):
                 seen.append(score)
                 if passes(score):
@@ -79,7 +159,7 @@ class Refinement:
         return len(sets), seen
 
     def refine(self, state: _PromptState, selection: Sequence[Sequence[int]], score: float,
-               layers: Sequence[ValueLayer], chain: Chain) -> tuple[torch.Tensor, float]:
+               layers: Sequence[ValueLayer], chain: Chain) -> Search[tuple[torch.Tensor, float]]:
         """NeMo's refinement of a selection (per-layer index lists in selection order): whole layers,
         then single neurons, each pass from the last layer back to the first.
 
@@ -91,7 +171,7 @@ class Refinement:
         total = neuron_count(layers)
         current = as_mask(selection, total)
         layer_groups = [as_mask([selected], total) for selected in reversed(selection) if selected]
-        current, score = self.prune(state, current, score, layer_groups, chain)
+        current, score = yield from self.prune(state, current, score, layer_groups, chain)
         remaining = Counter()
         order = []
         for selected in reversed(selection):
@@ -101,7 +181,7 @@ class Refinement:
         position = 0
         while position < len(order):
             if remaining[order[position]] > 1:   # another copy keeps it blocked: the set is unchanged
-                if score < state.threshold:
+                if state.drops(score):
                     remaining[order[position]] -= 1
                 position += 1
                 continue
@@ -109,7 +189,7 @@ class Refinement:
             while end < len(order) and remaining[order[end]] == 1:
                 end += 1
             groups = [as_mask([[n]], total) for n in order[position:end]]
-            current, score = self.prune(state, current, score, groups, chain)
+            current, score = yield from self.prune(state, current, score, groups, chain)
             for n in order[position:end]:
                 if not current[n]:
                     remaining[n] = 0
@@ -117,23 +197,24 @@ class Refinement:
         return current, score
 
     def prune(self, state: _PromptState, current: torch.Tensor, score: float,
-              groups: list[torch.Tensor], chain: Chain) -> tuple[torch.Tensor, float]:
+              groups: list[torch.Tensor], chain: Chain) -> Search[tuple[torch.Tensor, float]]:
         """Greedy pruning: drop each group (in order) if the set without it scores below the threshold.
 
-        Each decision depends on the ones before it, so batched mode scores a speculative tree
-        of the next decisions in one call and follows the branch the scores take (see
-        `speculation_tree`). Returns the pruned set and its score (every set it returns has
-        been scored); appends every set it accepts, with its score, to `chain`.
+        Each decision depends on the ones before it; a speculative search asks for a tree of the
+        next decisions at once and follows the branch the scores take (see `speculation_tree`),
+        the others for the next test alone. Returns the pruned set and its score (every set it
+        returns has been scored); appends every set it accepts, with its score, to `chain`.
         """
         position, kept = 0, 0
         per_call = self.sets_per_call(state)
         while position < len(groups):
             keep_rate = (kept + 1) / (position + 2)   # Laplace estimate from this pass's decisions
             tree = speculation_tree(current, groups[position:], keep_rate, per_call)
-            outcome = dict(zip(tree, self.scores(state, list(tree.values())).tolist(), strict=True))
+            scores = yield state, list(tree.values())
+            outcome = dict(zip(tree, scores, strict=True))
             decisions: tuple[bool, ...] = ()
             while decisions in tree:
-                dropped = outcome[decisions] < state.threshold
+                dropped = state.drops(outcome[decisions])
                 if dropped:
                     current, score = tree[decisions], outcome[decisions]
                     chain.append((current, score))

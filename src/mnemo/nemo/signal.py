@@ -260,13 +260,31 @@ class SearchSignal:
                sets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Blocked score of each neuron set, all sets in one pass: the max over the samples of the
         per-sample score, since a set removes the memorization only if it does so for every sample."""
-        if not sets:
-            return torch.empty(0)
-        k = len(latents)
-        masks = torch.stack(list(sets)).repeat_interleave(k, dim=0)
-        blocked = self.prepare(self.raw(latents.repeat(len(sets), *([1] * (latents.ndim - 1))), cond, masks))
-        reference = unblocked.repeat(len(sets), *([1] * (unblocked.ndim - 1)))
-        return self.compare(reference, blocked).view(len(sets), k).max(dim=1).values
+        return self.scores_many([(latents, cond, unblocked, sets)])[0]
+
+    def scores_many(self, requests: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]],
+                    ) -> list[torch.Tensor]:
+        """`scores` of several prompts' requests (latents, cond, unblocked maps, sets) in one pass:
+        every (set, sample) pair of every request is one batch row with its own prompt and mask."""
+        if not any(len(sets) for *_, sets in requests):
+            return [torch.empty(0) for _ in requests]
+        rows_latents, rows_cond, rows_masks, rows_unblocked, shapes = [], [], [], [], []
+        for latents, cond, unblocked, sets in requests:
+            k, n = len(latents), len(sets)
+            shapes.append((n, k))
+            if not n:
+                continue
+            rows_latents.append(latents.repeat(n, *([1] * (latents.ndim - 1))))
+            rows_cond.append(cond.expand(n * k, -1, -1) if len(cond) == 1 else cond.repeat(n, 1, 1))
+            rows_masks.append(torch.stack(list(sets)).repeat_interleave(k, dim=0))
+            rows_unblocked.append(unblocked.repeat(n, *([1] * (unblocked.ndim - 1))))
+        blocked = self.prepare(self.raw(torch.cat(rows_latents), torch.cat(rows_cond), torch.cat(rows_masks)))
+        per_row = self.compare(torch.cat(rows_unblocked), blocked)
+        out, begin = [], 0
+        for n, k in shapes:
+            out.append(per_row[begin:begin + n * k].view(n, k).max(dim=1).values if n else torch.empty(0))
+            begin += n * k
+        return out
 
     def projection_threshold(self, latents: torch.Tensor, unblocked: torch.Tensor) -> float:
         """tau of the projection score: mean + 1 std of the reference prompts' projections.

@@ -37,8 +37,10 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "with the measured similarity."),
     ("localization", "NeMo localization",
      "Neurons per memorized prompt (median and MAD over prompts), success rate, search cost."),
-    ("mode_agreement", "Batched vs one-by-one search",
-     "Both searches on the same prompts: identical refined neurons, and their UNet calls."),
+    ("mode_agreement", "Search modes compared",
+     "The run's search mode and one-by-one search (lockstep, if that is the run's) on the same prompts: "
+     "identical initial and refined neurons; UNet calls and seconds (a lockstep prompt's are its share of "
+     "the calls it rode on)."),
     ("neurons_per_layer", "Neurons per value layer", "Refined neurons of all localized prompts."),
     ("mitigation", "Mitigations",
      "Per descriptor, each at its own calibrated threshold: a mitigation chosen with one descriptor (the "
