@@ -87,7 +87,6 @@ DEMO_DEPARTURES = {
     "localize.signal": "the paper's noise difference cannot see the demo model's copying (docs/findings.md)",
     "localize.signal_step": "the demo's guidance direction is read three steps in (docs/findings.md)",
     "localize.score": "the demo's guidance direction is scored by projection (docs/findings.md)",
-    "localize.mode": "one candidate set per UNet call is cheaper on the demo's 2-core CPU (docs/findings.md)",
     "localize.sample_check.enabled": "the demo's refined sets still copy without it (docs/findings.md)",
     "localize.compare_modes": "the demo also measures the other mode's cost and agreement",
     "mitigations": "the demo compares every mitigation kind",

@@ -13,14 +13,17 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 EXPECTED_ERRORS = ("ConfigError", "DatasetError", "BadImageError", "FileNotFoundError")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -29,7 +32,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def configure_torch(threads: int, device: torch.device) -> None:
+def configure_torch(threads: int, device: torch.device | None = None) -> None:
+    import torch
+
+    device = device or torch.device("cpu")
     torch.set_num_threads(max(1, int(threads)))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     if device.type == "cuda":
@@ -54,7 +60,12 @@ def job(snakemake: Any) -> Iterator[logging.Logger]:
     else:
         device = resolve_device(settings["device"])
         threads = snakemake.threads if settings["threads"] == "auto" else int(settings["threads"])
-    configure_torch(threads, device or torch.device("cpu"))
+    if device is None and "torch" not in sys.modules:
+        # a job whose code never imports torch is spared its import (seconds per job); should it
+        # import torch after all, OpenMP reads its thread count from here
+        os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
+    else:
+        configure_torch(threads, device)
     logger.info("rule %s, wildcards %s, device %s, threads %s", snakemake.rule, dict(snakemake.wildcards),
                 device or "- (no torch param)", threads)
     try:
