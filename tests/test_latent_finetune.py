@@ -23,24 +23,6 @@ TEST_CONFIG = REPO / "config" / "test.yaml"
 VARIANTS = ("latent", "finetuned")
 
 
-def _config(tmp_path):
-    pipeline = tiny_sd.build_pipeline(tmp_path / "sd")  # 16x16x4 latents, VAE x2: 32 px
-    return {
-        "dataset": {"resolution": 32},
-        "model": {"unet": {"resolution": 32}},
-        "vaes": {"tiny_vae": {"train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2,
-                                        "model": {"block_out_channels": [8, 16], "latent_channels": 4,
-                                                  "norm_num_groups": 4}}}},
-        "variants": {
-            "latent": {"vae": "tiny_vae", "guidance": [1, 3], "mitigations": ["none", "nemo"]},
-            "finetuned": {"pretrained": str(pipeline),  # with Wen's training-time filter
-                          "train": {"steps": 3, "learning_rate": 1e-4, "filter": {"warmup_steps": 1, "percentile": 50}},
-                          "guidance": [1, 3], "mitigations": ["none", "nemo"]},
-        },
-        "localize": {"sample_check": {"enabled": False}},
-    }
-
-
 def _targets(variant):
     return [f"results/samples/{variant}/none.parquet", f"results/detect/{variant}/scores.parquet",
             f"results/localize/{variant}/neurons.parquet"]
@@ -51,7 +33,7 @@ def latent_runs(tmp_path_factory):
     """The latent variant's training killed after its step-3 checkpoint, then both variants run
     to localization (a few minutes on 2 cores)."""
     root = tmp_path_factory.mktemp("latent")
-    configfile = write_config(root / "latent.yaml", _config(root))
+    configfile = write_config(root / "latent.yaml", tiny_sd.latent_variants_config(root))
     work = root / "work"
     work.mkdir()
     configs = (TEST_CONFIG, configfile)

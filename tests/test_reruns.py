@@ -47,10 +47,13 @@ def _sd_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory) -> list[dict]:
-    """Every job of both tracks (X-ray test config, SD track), from `snakemake -n --forceall`."""
+    """Every job of both tracks (X-ray test config, SD track) and of latent and fine-tuned variants,
+    from `snakemake -n --forceall`."""
     jobs = []
     for track, configfiles in (("xray", lambda _: (REPO / "config" / "test.yaml",)),
-                               ("sd", lambda path: (_sd_config(path),))):
+                               ("sd", lambda path: (_sd_config(path),)),
+                               ("latent", lambda path: (REPO / "config" / "test.yaml", write_config(
+                                   path / "latent.yaml", tiny_sd.latent_variants_config(path))))):
         base = tmp_path_factory.mktemp(track)
         work = base / "work"
         work.mkdir()

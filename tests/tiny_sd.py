@@ -157,3 +157,23 @@ def stand_in_clip(root: Path) -> Path:
     for name in ("model.safetensors", "tokenizer.json", "preprocessor_config.json"):
         (root / name).write_text("")
     return root
+
+
+def latent_variants_config(tmp_path):
+    """Config over config/test.yaml with a latent variant (on a VAE the workflow trains) and a tiny
+    SD-shaped pipeline fine-tuned on the cache (tests/test_latent_finetune.py, test_reruns.py)."""
+    pipeline = build_pipeline(tmp_path / "sd")  # 16x16x4 latents, VAE x2: 32 px
+    return {
+        "dataset": {"resolution": 32},
+        "model": {"unet": {"resolution": 32}},
+        "vaes": {"tiny_vae": {"train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2,
+                                        "model": {"block_out_channels": [8, 16], "latent_channels": 4,
+                                                  "norm_num_groups": 4}}}},
+        "variants": {
+            "latent": {"vae": "tiny_vae", "guidance": [1, 3], "mitigations": ["none", "nemo"]},
+            "finetuned": {"pretrained": str(pipeline),  # with Wen's training-time filter
+                          "train": {"steps": 3, "learning_rate": 1e-4, "filter": {"warmup_steps": 1, "percentile": 50}},
+                          "guidance": [1, 3], "mitigations": ["none", "nemo"]},
+        },
+        "localize": {"sample_check": {"enabled": False}},
+    }
