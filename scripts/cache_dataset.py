@@ -11,6 +11,7 @@ with job(snakemake) as log:
         max_images=settings["max_images"],
         on_bad_image=settings["on_bad_image"],
         multiframe=settings["multiframe"],
+        text_column=settings["text_column"],
         workers=snakemake.threads,
     )
     summary = build_cache(
@@ -25,6 +26,9 @@ with job(snakemake) as log:
     log.info("cached %d images, rejected %d (listed in %s), %.1f images/s",
              summary.images_cached, summary.images_rejected, snakemake.output.rejected,
              summary.images_per_second)
+    if summary.text_column:
+        log.info("prompts from column %r: %d; empty there, so the label prompt: %d", summary.text_column,
+                 summary.prompts_from_text, summary.prompts_from_labels)
     if summary.images_rejected:
         notify(log, f"{summary.images_rejected} image(s) skipped (on_bad_image: skip); "
                     f"reasons in {snakemake.output.rejected}")

@@ -90,14 +90,15 @@ def png(path: Path, pixels: np.ndarray, significant_bits: int | None = None) -> 
 
 
 def chexpert_csv(path: Path, image_paths: Sequence[str], *, bom: bool = False, crlf: bool = False,
-                 delimiter: str = ",") -> Path:
-    """A CheXpert train.csv listing `image_paths` (frontal PA, one positive finding each)."""
+                 delimiter: str = ",", texts: Sequence[str] | None = None) -> Path:
+    """A CheXpert train.csv listing `image_paths` (frontal PA, one positive finding each), with a
+    free-text `Report` column where `texts` are given."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n")
-    writer.writerow(chexpert.CSV_COLUMNS)
+    writer.writerow([*chexpert.CSV_COLUMNS, *(["Report"] if texts is not None else [])])
     for k, image in enumerate(image_paths):
         labels = ["1.0" if i == k % len(chexpert.OBSERVATIONS) else "" for i in range(len(chexpert.OBSERVATIONS))]
-        writer.writerow([image, "Female", str(40 + k), "Frontal", "PA", *labels])
+        writer.writerow([image, "Female", str(40 + k), "Frontal", "PA", *labels, *([texts[k]] if texts is not None else [])])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode())
     return path

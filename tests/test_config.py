@@ -89,3 +89,37 @@ def test_mitigation_kinds_of_schema_and_library_agree(config):
     config["mitigations"]["novel"] = {"kind": "novel"}
     with pytest.raises(ConfigError, match="mitigations.novel.kind"):
         validate(config, schema)
+
+
+def test_latent_and_fine_tuned_resolutions_are_checked_before_any_job(config, tmp_path):
+    """dataset.resolution / the VAE's downsampling must be what the variant's UNet denoises."""
+    from tests import tiny_sd
+
+    extra = tiny_sd.latent_variants_config(tmp_path)  # tiny SD pipeline: 16x16 latents, VAE x2 -> 32 px
+    config.update(vaes=extra["vaes"], variants=extra["variants"])
+    config["dataset"]["resolution"] = 32
+    validate(copy.deepcopy(config), SCHEMA)
+    fine_tuned_at_64 = copy.deepcopy(config)
+    fine_tuned_at_64["dataset"]["resolution"] = 64
+    with pytest.raises(ConfigError, match=r"'dataset.resolution': 64, but variant 'finetuned'.*trains at 32 px"):
+        validate(fine_tuned_at_64, SCHEMA)
+    latent_only = copy.deepcopy(config)
+    del latent_only["variants"]["finetuned"]
+    latent_only["dataset"]["resolution"] = 36  # 18x18 latents; the 3-level UNet needs a multiple of 4
+    with pytest.raises(ConfigError, match=r"'dataset.resolution': 36 px under VAE 'tiny_vae'.*'latent'"):
+        validate(latent_only, SCHEMA)
+
+
+def test_text_column_must_be_in_the_csv_header(config, tmp_path):
+    from tests import radiograph_files as rf
+
+    csv_path = rf.chexpert_csv(tmp_path / "train.csv", ["train/patient00001/study1/view1_frontal.jpg"],
+                               texts=["small left effusion"])
+    config["dataset"].update(source="chexpert", csv=str(csv_path), image_root=str(tmp_path), text_column="Report")
+    validate(copy.deepcopy(config), SCHEMA)
+    config["dataset"]["text_column"] = "Impression"
+    with pytest.raises(ConfigError, match=r"'dataset.text_column'.*no column 'Impression'.*Report"):
+        validate(copy.deepcopy(config), SCHEMA)
+    config["dataset"].update(source="phantoms", text_column="Report")
+    with pytest.raises(ConfigError, match=r"'dataset.text_column': only a chexpert CSV"):
+        validate(config, SCHEMA)

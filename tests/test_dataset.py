@@ -437,3 +437,21 @@ def test_readme_own_data_example_works_as_written(tmp_path):
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(settings))
     config, _ = check_config([tmp_path / "my.yaml"], REPO)
     assert config["dataset"]["resolution"] == config["model"]["unet"]["resolution"] == 64
+
+
+def test_free_text_column_becomes_the_prompt(tmp_path, caplog):
+    """dataset.text_column: the report text conditions the image (whitespace collapsed, the patient
+    folder's name replaced by its pseudonym); an empty cell falls back to the label prompt, counted."""
+    files = {_view(30, name="a.dcm"): rf.dicom, _view(31, name="b.dcm"): rf.dicom}
+    root, _ = _own_tree(tmp_path, files)
+    csv_path = rf.chexpert_csv(tmp_path / "reports.csv", list(files),
+                               texts=["Small left\n  effusion; compare patient00030 prior.", "  "])
+    summary, _ = _own_cache(root, csv_path, tmp_path, text_column="Report")
+    prompts = read_cache(tmp_path / "cache", columns=["prompt"]).column("prompt").to_pylist()
+    alias = pseudonym("patient00030", SALT, "pat-")
+    assert prompts[0] == f"Small left effusion; compare {alias} prior."
+    _own_cache(root, rf.chexpert_csv(tmp_path / "plain.csv", list(files)), tmp_path / "plain")
+    assert prompts[1] == read_cache(tmp_path / "plain" / "cache", columns=["prompt"]).column("prompt")[1].as_py()
+    assert (summary.prompts_from_text, summary.prompts_from_labels) == (1, 1)
+    with pytest.raises(DatasetError, match=r"reports.csv: no column 'Impression' \(dataset.text_column\)"):
+        read_csv(csv_path, root, text_column="Impression")

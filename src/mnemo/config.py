@@ -19,6 +19,7 @@ from mnemo.external import (
     check_clip_folder,
     check_pipeline_folder,
     check_torchscript_file,
+    read_json,
 )
 from mnemo.mitigate.kinds import MITIGATION_KINDS
 
@@ -116,6 +117,16 @@ def _check_prompt_file(key: str, path: str) -> None:
         raise ConfigError(f"config key 'prompts.{key}': {error}") from None
 
 
+def _check_text_column(csv_path: str, column: str) -> None:
+    """The free-text column must be in the CSV's header (read alone: the CSV may be large)."""
+    from mnemo.data.chexpert import csv_header
+
+    header = csv_header(csv_path)
+    if column not in header:
+        raise ConfigError(f"config key 'dataset.text_column': {csv_path} has no column {column!r} "
+                          f"(its columns: {', '.join(header)})")
+
+
 def _check_trained_variants(config: Mapping[str, Any]) -> None:
     """Latent and fine-tuned variants train on the X-ray cache; each VAE is a folder or a recipe."""
     vaes = config.get("vaes", {})
@@ -141,6 +152,53 @@ def _check_trained_variants(config: Mapping[str, Any]) -> None:
         if variant.get("vae") and not trains:
             raise ConfigError(f"config key 'variants.{name}.vae': a pretrained pipeline used as it is has its "
                               "own VAE; give train to fine-tune it in this one's latent space")
+
+
+def _vae_downsampling(vae: Mapping[str, Any]) -> int:
+    """How many pixels per latent a VAE entry (pretrained folder or recipe) makes: 2^(levels - 1)."""
+    if "pretrained" in vae:
+        levels = len(read_json(Path(vae["pretrained"]) / "config.json").get("block_out_channels", [0] * 4))
+    else:
+        levels = len(vae.get("train", {}).get("model", {}).get("block_out_channels", [32, 64]))
+    return 2 ** (levels - 1)
+
+
+def _check_latent_resolution(config: Mapping[str, Any]) -> None:
+    """A latent or fine-tuned variant trains on the cache's latents: dataset.resolution divided by
+    the VAE's downsampling must be the size its UNet denoises. Checked now, not after caching."""
+    dataset = config.get("dataset", {})
+    resolution = dataset.get("resolution")
+    if dataset.get("source") not in ("phantoms", "chexpert") or not resolution:
+        return
+    vaes = config.get("vaes", {})
+    levels = len(config.get("model", {}).get("unet", {}).get("block_out_channels", []))
+    for name, variant in config.get("variants", {}).items():
+        pretrained = variant.get("pretrained")
+        if pretrained and "train" not in variant:
+            continue  # used as it is: never sees the cache
+        if pretrained:
+            root = Path(pretrained)
+            size = read_json(root / "unet" / "config.json").get("sample_size")
+            if variant.get("vae"):
+                down = _vae_downsampling(vaes[variant["vae"]])
+            elif (root / "vae" / "config.json").is_file():
+                down = _vae_downsampling({"pretrained": root / "vae"})
+            else:
+                down = 1
+            if isinstance(size, int) and resolution != size * down:
+                raise ConfigError(
+                    f"config key 'dataset.resolution': {resolution}, but variant '{name}' fine-tunes a UNet of "
+                    f"sample_size {size} under a VAE that downsamples {down}x, so it trains at {size * down} px; "
+                    f"set dataset.resolution: {size * down}")
+        elif variant.get("vae"):
+            down = _vae_downsampling(vaes[variant["vae"]])
+            latent = resolution / down
+            factor = 2 ** max(levels - 1, 0)
+            if latent != int(latent) or int(latent) % factor:
+                raise ConfigError(
+                    f"config key 'dataset.resolution': {resolution} px under VAE '{variant['vae']}' (downsamples "
+                    f"{down}x) gives {latent:g}x{latent:g} latents, but variant '{name}''s UNet has {levels} levels "
+                    f"and needs a latent size that is a multiple of {factor}")
 
 
 def check(config: Mapping[str, Any]) -> None:
@@ -184,6 +242,11 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'dataset.csv': file {dataset['csv']} does not exist")
         if not Path(dataset["image_root"]).is_dir():
             raise ConfigError(f"config key 'dataset.image_root': folder {dataset['image_root']} does not exist")
+        if dataset.get("text_column"):
+            _check_text_column(dataset["csv"], dataset["text_column"])
+    elif dataset.get("text_column"):
+        raise ConfigError(f"config key 'dataset.text_column': only a chexpert CSV has free text "
+                          f"(dataset.source is {dataset.get('source')!r})")
     if dataset.get("source") == "prompts":
         prompts = config.get("prompts", {})
         for key in ("memorized", "unmemorized"):
@@ -210,6 +273,7 @@ def check(config: Mapping[str, Any]) -> None:
                 check_pipeline_folder(path, latent=latent)
             except ExternalWeightsError as error:
                 raise ConfigError(f"config key 'variants.{name}.pretrained': {error}") from None
+    _check_latent_resolution(config)
     clip = config.get("clip", {}).get("model")
     if clip:
         try:

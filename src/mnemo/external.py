@@ -33,7 +33,7 @@ class ExternalWeightsError(ValueError):
     """A user-given weights path cannot be what the config says it is."""
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -64,7 +64,7 @@ def check_pipeline_folder(path: str | Path, latent: bool = True) -> None:
             variants = sorted(p.name for p in folder.glob("*.*.safetensors")) + sorted(p.name for p in folder.glob("*.*.bin"))
             found = f" (only {', '.join(variants)}: download the full-precision files too)" if variants else ""
             raise ExternalWeightsError(f"{root}/{name}: no weights ({' or '.join(weights[:2])}){found}")
-    unet = _json(root / "unet" / "config.json")
+    unet = read_json(root / "unet" / "config.json")
     in_channels, out_channels = unet.get("in_channels", 4), unet.get("out_channels", 4)
     if in_channels != out_channels:
         kind = " an inpainting UNet (latents + mask + masked image)," if in_channels == out_channels + 5 else ""
@@ -72,11 +72,11 @@ def check_pipeline_folder(path: str | Path, latent: bool = True) -> None:
             f"{root}/unet/config.json: in_channels {in_channels} but out_channels {out_channels}:{kind} not a "
             "text-to-image UNet that denoises its own output; give a text-to-image pipeline such as SD v1.4")
     if latent:
-        latent_channels = _json(root / "vae" / "config.json").get("latent_channels", 4)
+        latent_channels = read_json(root / "vae" / "config.json").get("latent_channels", 4)
         if latent_channels != in_channels:
             raise ExternalWeightsError(f"{root}: the UNet takes {in_channels} channels, the VAE makes "
                                        f"{latent_channels}-channel latents")
-    text = _json(root / "text_encoder" / "config.json")
+    text = read_json(root / "text_encoder" / "config.json")
     width = text.get("hidden_size") or text.get("text_config", {}).get("hidden_size")
     cross = unet.get("cross_attention_dim")
     if width and cross and cross != width:
@@ -84,7 +84,7 @@ def check_pipeline_folder(path: str | Path, latent: bool = True) -> None:
                                    f"hidden_size {width}")
     scheduler = root / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
-        prediction = _json(scheduler).get("prediction_type", "epsilon")
+        prediction = read_json(scheduler).get("prediction_type", "epsilon")
         if prediction not in PREDICTION_TYPES:
             raise ExternalWeightsError(
                 f"{scheduler}: prediction_type {prediction!r} is not supported: Wen's magnitude, NeMo's noise "
@@ -99,7 +99,7 @@ def check_clip_folder(path: str | Path) -> None:
     if not (root / "config.json").is_file():
         raise ExternalWeightsError(f"{root}: no config.json; give a transformers CLIPModel folder, e.g. "
                                    "openai/clip-vit-large-patch14 downloaded (its snapshots/<hash> folder)")
-    kind = _json(root / "config.json").get("model_type")
+    kind = read_json(root / "config.json").get("model_type")
     if kind != "clip":
         raise ExternalWeightsError(f"{root}/config.json: model_type {kind!r}, not a CLIP model ('clip')")
     wanted = {"weights": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),

@@ -6,8 +6,10 @@ cache and the prompt builder so that all three agree on names and codes.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
@@ -77,3 +79,11 @@ def apply_uncertainty(value: float, policy: str) -> float:
 def positive_observations(labels: Mapping[str, float], policy: str) -> list[str]:
     """Observations that count as present under the policy, in CheXpert order."""
     return [o for o in OBSERVATIONS if apply_uncertainty(labels.get(o, math.nan), policy) == POSITIVE]
+
+
+def csv_header(csv_path: str | Path) -> list[str]:
+    """The column names of a CSV, read from its first line only, as the dataset reader reads them."""
+    with Path(csv_path).open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        line = handle.readline()
+    delimiter = max(",;\t", key=line.count)
+    return [name.strip() for name in next(csv.reader([line], delimiter=delimiter), [])]

@@ -53,6 +53,7 @@ class CacheConfig:
     max_images: int | None = None
     on_bad_image: str = "fail"
     multiframe: str = "reject"
+    text_column: str | None = None  # a free-text CSV column (e.g. the report) used as the prompt
     shard_rows: int = 8192
     chunk_rows: int = 128
     workers: int = 2
@@ -82,6 +83,7 @@ class StudyRecord:
     frontal_lateral: str
     ap_pa: str | None
     labels: dict[str, float] = field(hash=False)
+    text: str | None = field(default=None, hash=False)  # the free-text column's value, if configured
 
 
 @dataclass
@@ -97,6 +99,9 @@ class CacheSummary:
     resolution: int
     uncertainty: str
     shards: list[str]
+    text_column: str | None = None
+    prompts_from_text: int = 0  # cached rows conditioned on the free-text column
+    prompts_from_labels: int = 0  # cached rows whose text was empty: conditioned on the label prompt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +139,9 @@ def _open_csv(csv_path: Path) -> csv.DictReader:
     return reader
 
 
-def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
-    """Parse and validate a CheXpert CSV. Paths must stay inside `image_root`.
+def read_csv(csv_path: str | Path, image_root: str | Path, text_column: str | None = None) -> list[StudyRecord]:
+    """Parse and validate a CheXpert CSV. Paths must stay inside `image_root`. With `text_column`,
+    each record also carries that column's free text (whitespace collapsed; None where empty).
 
     Containment is checked on the normalised path as written, not the resolved one: folders under
     the root may be links to other disks, while `..` and absolute paths are still refused.
@@ -148,6 +154,9 @@ def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
     missing = [c for c in chexpert.CSV_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise DatasetError(f"{csv_path}: missing CheXpert column(s) {', '.join(missing)}")
+    if text_column is not None and text_column not in (reader.fieldnames or []):
+        raise DatasetError(f"{csv_path}: no column {text_column!r} (dataset.text_column); the CSV has "
+                           f"{', '.join(reader.fieldnames or [])}")
     records = []
     for line, row in enumerate(reader, start=2):
         where = f"{csv_path}:{line}"
@@ -185,6 +194,7 @@ def read_csv(csv_path: str | Path, image_root: str | Path) -> list[StudyRecord]:
                 frontal_lateral=frontal_lateral,
                 ap_pa=(row["AP/PA"] or "").strip() or None,
                 labels=labels,
+                text=(" ".join((row[text_column] or "").split()) or None) if text_column else None,
             )
         )
     if not records:
@@ -273,20 +283,26 @@ def select_records(records: list[StudyRecord], config: CacheConfig) -> list[Stud
 
 
 def _row_values(record: StudyRecord, salt: bytes, policy: str) -> dict:
+    """The cache row; the prompt is the record's free text where it has one, else its label prompt."""
     targets = {
         chexpert.column_name(o): chexpert.apply_uncertainty(record.labels[o], policy)
         for o in chexpert.OBSERVATIONS
     }
+    patient_id = pseudonym(record.patient, salt, "pat-")
+    if record.text:  # a report may quote the patient folder's name: never cache it
+        prompt = scrub(record.text, {record.patient: patient_id})
+    else:
+        prompt = prompt_text(record.frontal_lateral, record.ap_pa, record.sex, record.age, record.labels, policy)
     return {
         "image_id": pseudonym(record.path, salt, "img-"),
-        "patient_id": pseudonym(record.patient, salt, "pat-"),
+        "patient_id": patient_id,
         "study": record.study,
         "view": record.frontal_lateral.lower(),
         "projection": record.ap_pa if record.frontal_lateral == "Frontal" else None,
         "sex": record.sex,
         "age": record.age,
         **targets,
-        "prompt": prompt_text(record.frontal_lateral, record.ap_pa, record.sex, record.age, record.labels, policy),
+        "prompt": prompt,
     }
 
 
@@ -354,7 +370,7 @@ def build_cache(
     from tqdm import tqdm
 
     start = time.perf_counter()
-    records = read_csv(csv_path, image_root)
+    records = read_csv(csv_path, image_root, config.text_column)
     selected = select_records(records, config)
     if not selected:
         raise DatasetError(f"{csv_path}: no image left after frontal_only/max_images selection")
@@ -374,7 +390,7 @@ def build_cache(
     rejected: list[Rejection] = []
     buffer: list[dict] = []
     shards: list[str] = []
-    cached = 0
+    cached = from_text = 0
     patients: set[str] = set()
 
     def flush() -> None:
@@ -405,6 +421,7 @@ def build_cache(
                 buffer.append(values)
                 patients.add(values["patient_id"])
                 cached += 1
+                from_text += record.text is not None
                 if len(buffer) >= config.shard_rows:
                     flush()
             bar.update(len(results))
@@ -433,6 +450,9 @@ def build_cache(
         resolution=config.resolution,
         uncertainty=config.uncertainty,
         shards=shards,
+        text_column=config.text_column,
+        prompts_from_text=from_text if config.text_column else 0,
+        prompts_from_labels=cached - from_text if config.text_column else 0,
     )
 
 
