@@ -125,6 +125,39 @@ def test_fully_filtered_batch_makes_no_update(tmp_path, tiny_images):
         assert not all(torch.equal(a, b) for a, b in zip(seen[step - 1], seen[step], strict=True))
 
 
+def test_filter_calibrates_on_conditioned_unique_images_only(tmp_path, tiny_images):
+    """Condition-dropped samples (magnitude 0) and duplicated images never set the threshold: with
+    75% of samples on the empty prompt, the median over every sample would be 0."""
+    config = TrainConfig.from_dict({"steps": 5, "batch_size": 8, "checkpoint_every": 10, "warmup_steps": 0,
+                                    "condition_dropout": 0.75, "seed": 3,
+                                    "filter": {"warmup_steps": 3, "percentile": 50}})
+    duplicated = torch.tensor([True, False] * (len(tiny_images) // 2))
+    result = train(_fresh(), tiny_images, TINY_PROMPTS * 2, config, tmp_path, progress=False,
+                   log=lambda *_: None, duplicated=duplicated)
+    assert result.filter_threshold > 0
+    counts = result.filter_counts
+    assert counts["duplicated_dropped"] <= counts["duplicated_seen"] and counts["unique_dropped"] <= counts["unique_seen"]
+    dropped = round(sum(r["filtered_fraction"] for r in result.history[3:]) * 8)
+    conditioned = counts["duplicated_seen"] + counts["unique_seen"]  # after the warm-up: 2 steps of 8
+    assert dropped == counts["duplicated_dropped"] + counts["unique_dropped"] <= conditioned < 2 * 8
+    everything_duplicated = torch.ones(len(tiny_images), dtype=torch.bool)
+    with pytest.raises(ValueError, match="no unique conditioned sample"):
+        train(_fresh(), tiny_images, TINY_PROMPTS * 2, config, tmp_path / "all", progress=False,
+              log=lambda *_: None, duplicated=everything_duplicated)
+
+
+def test_fixed_filter_threshold_applies_from_the_first_step(tmp_path, tiny_images):
+    """Wen et al.'s code: a fixed cut, no warm-up; a tiny one drops every conditioned sample."""
+    config = TrainConfig.from_dict({"steps": 3, "batch_size": 4, "checkpoint_every": 10, "warmup_steps": 0,
+                                    "condition_dropout": 0.0, "filter": {"threshold": 1e-9}})
+    result = train(_fresh(), tiny_images, TINY_PROMPTS * 2, config, tmp_path, progress=False, log=lambda *_: None)
+    assert result.filter_threshold == 1e-9
+    assert [r["filtered_fraction"] for r in result.history] == [1.0, 1.0, 1.0]
+    assert result.filter_counts["unique_dropped"] == result.filter_counts["unique_seen"] == 12
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig.from_dict({"filter": {"threshold": 2.0, "percentile": 90}})
+
+
 def test_cfg_scale_one_equals_conditional_prediction(tiny_model):
     x = initial_noise([3, 4], tiny_model.sample_shape)
     cond = tiny_model.encode_prompts(TINY_PROMPTS[:2])
@@ -151,3 +184,20 @@ def test_generation_reproducible_per_seed(tiny_model):
     # seeds depend on prompt and index, not on guidance: the twins share noise
     assert requests[0].seed == requests[6].seed == sample_seed("p0", 0)
     assert len({r.seed for r in requests}) == 6
+
+
+def test_stable_diffusion_schedule_is_a_config_value():
+    """model.scheduler can be SD v1.4's: scaled_linear 0.00085-0.012, leading spacing, steps_offset 1;
+    its 50-step DDIM timesteps then start 981, 961 (NeMo reads the second)."""
+    from types import SimpleNamespace
+
+    from mnemo.diffusion.model import SchedulerConfig, build_noise_scheduler
+    from mnemo.diffusion.sample import ddim_scheduler
+
+    sd = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         timestep_spacing="leading", steps_offset=1)
+    noise_scheduler = build_noise_scheduler(sd)
+    expected_betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    assert torch.allclose(noise_scheduler.betas, expected_betas)
+    ddim = ddim_scheduler(SimpleNamespace(scheduler=noise_scheduler, vae=None, device="cpu"), 50)
+    assert ddim.timesteps[:2].tolist() == [981, 961] and ddim.timesteps[-1].item() == 1

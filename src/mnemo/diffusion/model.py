@@ -59,9 +59,14 @@ class TextEncoderConfig:
 
 @dataclass
 class SchedulerConfig:
+    """The noise schedule; Stable Diffusion's is scaled_linear 0.00085-0.012, leading, steps_offset 1."""
+
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     timestep_spacing: str = "trailing"
+    beta_start: float = 0.0001  # linear and scaled_linear only
+    beta_end: float = 0.02
+    steps_offset: int = 0
 
 
 @dataclass
@@ -122,6 +127,9 @@ def build_noise_scheduler(config: SchedulerConfig):
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        steps_offset=config.steps_offset,
         prediction_type="epsilon",
         clip_sample=True,
         timestep_spacing=config.timestep_spacing,

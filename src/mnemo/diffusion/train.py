@@ -28,14 +28,35 @@ import torch.nn.functional as F
 from mnemo.diffusion.model import DiffusionModel
 
 CHECKPOINT_NAME = "last.pt"
+FILTER_COUNTS = ("duplicated_seen", "duplicated_dropped", "unique_seen", "unique_dropped")
+
+
+FILTER_CALIBRATIONS = ("unique", "conditioned")
 
 
 @dataclass
 class FilterConfig:
-    """Wen et al. training-time mitigation: drop high-magnitude samples from each step's loss."""
+    """Wen et al. training-time mitigation: drop high-magnitude samples from each step's loss.
+
+    `threshold` fixes the cut as Wen's code does (2 on SD latents, fine-tuning). Without it the cut
+    is the `percentile` of the warm-up steps' magnitudes over `calibration` samples: those of images
+    seen once in the training set (`unique`), so that the filter drops that share of ordinary images
+    and whatever stands out beyond them, or of every conditioned sample (`conditioned`). Samples
+    drawn with the empty prompt (condition dropout) have magnitude 0: never calibrated on, never
+    dropped."""
 
     warmup_steps: int = 100
-    percentile: float = 90.0
+    percentile: float | None = None  # 99 unless threshold is given
+    threshold: float | None = None
+    calibration: str = "unique"
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.percentile is not None:
+            raise ValueError("train.filter: give threshold (fixed, as Wen's code) or percentile, not both")
+        if self.threshold is None and self.percentile is None:
+            self.percentile = 99.0
+        if self.calibration not in FILTER_CALIBRATIONS:
+            raise ValueError(f"train.filter.calibration={self.calibration!r}; expected one of {FILTER_CALIBRATIONS}")
 
 
 @dataclass
@@ -69,6 +90,9 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     filter_threshold: float | None = None
+    # conditioned samples after the warm-up and how many of them the filter dropped, for images
+    # whose content appears more than once in the training set and for images seen once
+    filter_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTER_COUNTS, 0))
     resumed_from_step: int = 0
     seconds: float = 0.0
     weights_digest: str = ""  # of the final weights, under torchrun only: every process must hold the same
@@ -162,9 +186,12 @@ def train(
     on_checkpoint: Callable[[int], None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    duplicated: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train `model` in place on `images` (N, C, H, W: uint8 pixels, or float latents already
-    scaled by the VAE's factor) with their `prompts`; ends on EMA weights."""
+    scaled by the VAE's factor) with their `prompts`; ends on EMA weights. `duplicated` (N bools:
+    the image's content is in the training set more than once) calibrates Wen's filter on the
+    others and splits its drop counts; None counts every image as seen once."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
@@ -203,6 +230,7 @@ def train(
     empty_ids = model.token_ids([""]).cpu()
     data = images.to(device)
     n_images = len(images)
+    duplicated = torch.zeros(n_images, dtype=torch.bool) if duplicated is None else duplicated.bool().cpu()
     magnitudes_seen: list[torch.Tensor] = []
     result = TrainResult()
 
@@ -219,6 +247,7 @@ def train(
             generator.set_state(state["generator"])
             result.history = state["history"]
             result.filter_threshold = state["filter_threshold"]
+            result.filter_counts = state.get("filter_counts", result.filter_counts)
             magnitudes_seen = state["magnitudes_seen"]
             start = result.resumed_from_step = state["step"]
             log(f"resumed from checkpoint {checkpoint_path} at step {start}")
@@ -241,6 +270,7 @@ def train(
                 "generator": generator.get_state(),
                 "history": result.history,
                 "filter_threshold": result.filter_threshold,
+                "filter_counts": result.filter_counts,
                 "magnitudes_seen": magnitudes_seen,
             },
         )
@@ -272,8 +302,8 @@ def train(
         per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         keep = torch.ones(len(per_sample), dtype=torch.bool, device=device)
         if config.filter is not None:
-            keep = _wen_filter(model, noisy, timesteps, prediction, empty_ids.to(device), config,
-                               step, magnitudes_seen, result, device, world)
+            keep = _wen_filter(model, noisy, timesteps, prediction, empty_ids.to(device), config, step,
+                               magnitudes_seen, result, device, world, dropped.to(device), duplicated[index].to(device))
         kept = int(_all_sum(keep.sum(), world))
 
         # --- update (a fully filtered batch makes none) ------------------------------------
@@ -322,25 +352,49 @@ def train(
 
 
 def _wen_filter(model, noisy, timesteps, prediction, empty_ids, config, step, magnitudes_seen, result, device,
-                world=1):
-    """Per-sample ||eps(x_t, prompt) - eps(x_t, empty)||; keep those below the warm-up threshold.
-    Magnitudes are gathered over the processes, so that every one sets the same threshold."""
+                world, dropped, duplicated):
+    """Per-sample ||eps(x_t, prompt) - eps(x_t, empty)||; keep those below the threshold. Warm-up
+    magnitudes are gathered over the processes, so that every one sets the same threshold."""
     with torch.no_grad(), _autocast(device, config.mixed_precision):
         empty_embeds = model.text_encoder(empty_ids)[0].expand(len(noisy), -1, -1)
         unconditional = model.unet(noisy, timesteps, encoder_hidden_states=empty_embeds).sample
     magnitude = (prediction.detach().float() - unconditional.float()).flatten(1).norm(dim=1)
-    if step < config.filter.warmup_steps:
-        magnitudes_seen.append(_all_gather(magnitude, world).cpu())
+    settings = config.filter
+    if settings.threshold is None and step < settings.warmup_steps:
+        calibrated = ~dropped & (~duplicated if settings.calibration == "unique" else torch.ones_like(dropped))
+        magnitudes_seen.append(_all_gather(torch.where(calibrated, magnitude, torch.nan), world).cpu())
         return torch.ones_like(magnitude, dtype=torch.bool)
     if result.filter_threshold is None:
-        seen = torch.cat(magnitudes_seen)
-        result.filter_threshold = float(torch.quantile(seen, config.filter.percentile / 100))
-    return filter_mask(magnitude, result.filter_threshold)
+        if settings.threshold is not None:
+            result.filter_threshold = float(settings.threshold)
+        else:
+            seen = torch.cat(magnitudes_seen)
+            seen = seen[~seen.isnan()]
+            if not len(seen):
+                raise ValueError(f"train.filter: no {settings.calibration} conditioned sample in the "
+                                 f"{settings.warmup_steps} warm-up steps to calibrate the threshold on")
+            result.filter_threshold = float(torch.quantile(seen, settings.percentile / 100))
+    keep = filter_mask(magnitude, result.filter_threshold) | dropped
+    conditioned = ~dropped
+    for name, group in (("duplicated", duplicated), ("unique", ~duplicated)):
+        result.filter_counts[f"{name}_seen"] += int(_all_sum((conditioned & group).sum(), world))
+        result.filter_counts[f"{name}_dropped"] += int(_all_sum((conditioned & group & ~keep).sum(), world))
+    return keep
 
 
 def filter_mask(magnitude: torch.Tensor, threshold: float) -> torch.Tensor:
     """Samples strictly below the threshold stay in the loss (Wen et al. drop >= threshold)."""
     return magnitude < threshold
+
+
+def _filter_shares(counts: dict[str, int]) -> dict[str, float | int | None]:
+    """Share of conditioned samples the filter dropped, for duplicated and for unique images."""
+    shares: dict[str, float | int | None] = {}
+    for name in ("duplicated", "unique"):
+        seen = counts.get(f"{name}_seen", 0)
+        shares[f"filtered_share_{name}"] = counts.get(f"{name}_dropped", 0) / seen if seen else None
+        shares[f"filter_{name}_samples"] = seen
+    return shares
 
 
 def write_history(history: list[dict[str, float]], path: str | Path) -> None:
@@ -360,6 +414,7 @@ def write_summary(result: TrainResult, config: TrainConfig, path: str | Path) ->
         "final_loss_mean_last_50": sum(r["loss"] for r in result.history[-50:]) / max(1, len(result.history[-50:])),
         "filter_threshold": result.filter_threshold,
         "filtered_fraction_mean": sum(r["filtered_fraction"] for r in result.history) / max(1, len(result.history)),
+        **_filter_shares(result.filter_counts),
         "mean_step_seconds": sum(r["seconds"] for r in result.history) / max(1, len(result.history)),
         "config": asdict(config),
     }

@@ -7,6 +7,7 @@ in every process that torchrun starts for multi-GPU training.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,10 @@ def run_training_job(job: TrainingJob, device: str | torch.device | None = None,
     run_id = fingerprint(*parts)
     rank, world = process_group()
     log(f"training on {len(samples)} samples {tuple(samples.shape[1:])} in {world} process(es), fingerprint {run_id}")
+    copies = Counter(hashes)
+    duplicated = torch.tensor([copies[h] > 1 for h in hashes], dtype=torch.bool)
     result = train(model, samples, prompts, train_config, job.checkpoint_dir, device=device,
-                   run_fingerprint=run_id, log=log, on_checkpoint=on_checkpoint)
+                   run_fingerprint=run_id, log=log, on_checkpoint=on_checkpoint, duplicated=duplicated)
     if rank == 0:
         model.save_pretrained(job.model_dir)
         write_history(result.history, job.history)
