@@ -118,11 +118,30 @@ def train_inputs(wildcards):
 
 
 def dataset_csv(split):
+    """train: the training images; valid: held-out patients' images (the copy baseline)."""
     if config["dataset"]["source"] == "phantoms":
         return f"{R}/data/phantoms/{split}.csv"
+    if split == "valid" and config["dataset"]["heldout_csv"]:
+        return config["dataset"]["heldout_csv"]
     if split != "train":
-        raise WorkflowError("only the train split of a user dataset is cached")
+        raise WorkflowError("no held-out patients' CSV (dataset.heldout_csv) to cache")
     return config["dataset"]["csv"]
+
+
+def heldout_baseline():
+    """Whether samples are also matched against patients the model never saw."""
+    if not has_reference_images() or not xray():
+        return False
+    return config["dataset"]["source"] == "phantoms" or bool(config["dataset"]["heldout_csv"])
+
+
+def heldout_inputs(wildcards):
+    if not heldout_baseline():
+        return {}
+    return {
+        "heldout": f"{R}/embeddings/{wildcards.descriptor}/valid.parquet",
+        "heldout_cache": f"{R}/cache/valid",
+    }
 
 
 def dataset_root():
@@ -177,7 +196,9 @@ def benchmark_files(wildcards=None):
         f"train_copydetect/{d}" for d in descriptors() if config["descriptors"][d]["kind"] == "copydetect"
     ]
     if has_reference_images():
-        names += [f"embed_train/{d}" for d in descriptors()]
+        names += [f"embed_cache/{d}/train" for d in descriptors()]
+    if heldout_baseline():
+        names += ["cache_dataset/valid"] + [f"embed_cache/{d}/valid" for d in descriptors()]
     for v in variants():
         names += [f"detect/{v}"] + ([f"train/{v}"] if trained(v) else [])
         vae = vae_of(v) if trained(v) else None

@@ -51,13 +51,13 @@ rule calibrate_descriptor:
         "../scripts/calibrate_descriptor.py"
 
 
-rule embed_train:
+rule embed_cache:
     input:
         code("embed"),
         unpack(descriptor_model),
-        images=f"{R}/cache/train",
+        images=f"{R}/cache/{{split}}",
     output:
-        f"{R}/embeddings/{{descriptor}}/train.parquet",
+        f"{R}/embeddings/{{descriptor}}/{{split}}.parquet",
     params:
         torch=torch_settings(),
         settings=lambda wc: config["descriptors"][wc.descriptor],
@@ -65,9 +65,9 @@ rule embed_train:
     conda:
         "../envs/mnemo.yaml"
     log:
-        f"{R}/logs/embed_train/{{descriptor}}.log",
+        f"{R}/logs/embed_cache/{{descriptor}}/{{split}}.log",
     benchmark:
-        f"{R}/benchmarks/embed_train/{{descriptor}}.tsv"
+        f"{R}/benchmarks/embed_cache/{{descriptor}}/{{split}}.tsv"
     threads: 2
     resources:
         mem_mb=6000,
@@ -106,6 +106,7 @@ rule embed_samples:
 rule match:
     input:
         code("match"),
+        unpack(heldout_inputs),
         samples=f"{R}/embeddings/{{descriptor}}/{{variant}}/{{mitigation}}.parquet",
         sample_rows=f"{R}/samples/{{variant}}/{{mitigation}}.parquet",
         train=f"{R}/embeddings/{{descriptor}}/train.parquet",

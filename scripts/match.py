@@ -4,6 +4,7 @@ from mnemo.copydetect.embeddings import read_embeddings
 from mnemo.copydetect.replication import (
     MatchConfig,
     diversity,
+    heldout_baseline,
     match_samples,
     per_prompt,
     threshold_names,
@@ -22,7 +23,17 @@ with job(snakemake) as log:
     patients = dict(zip(cache.column("image_id").to_pylist(), cache.column("patient_id").to_pylist(), strict=True))
     prompts = pq.read_table(snakemake.input.prompts)
     calibration = read_json(snakemake.input.calibration)
-    matches = match_samples(samples, rows, train, patients, prompts, config, device_of(snakemake))
+    baseline = None
+    if hasattr(snakemake.input, "heldout"):  # patients the model never saw
+        heldout = read_embeddings(snakemake.input.heldout)
+        held = read_cache(snakemake.input.heldout_cache, columns=["image_id", "patient_id"])
+        held_patients = dict(zip(held.column("image_id").to_pylist(), held.column("patient_id").to_pylist(),
+                                 strict=True))
+        baseline = heldout_baseline(samples, train, heldout, held_patients, settings["calibration"]["fpr"], config,
+                                    device_of(snakemake))
+        log.info("held-out baseline: %d images of %d patients, margin %.4f at false-positive rate %g",
+                 baseline.images, baseline.patients, baseline.margin, baseline.fpr)
+    matches = match_samples(samples, rows, train, patients, prompts, config, device_of(snakemake), baseline)
     write_parquet(matches, snakemake.output.matches)
     thresholds = threshold_names(config.thresholds, calibration["threshold"])
     write_parquet(per_prompt(matches, diversity(samples, rows), thresholds), snakemake.output.prompts)

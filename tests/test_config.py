@@ -123,3 +123,26 @@ def test_text_column_must_be_in_the_csv_header(config, tmp_path):
     config["dataset"].update(source="phantoms", text_column="Report")
     with pytest.raises(ConfigError, match=r"'dataset.text_column': only a chexpert CSV"):
         validate(config, SCHEMA)
+
+
+def test_heldout_csv_must_be_another_existing_chexpert_csv(config, tmp_path):
+    from tests import radiograph_files as rf
+
+    train_csv = rf.chexpert_csv(tmp_path / "train.csv", ["train/patient00001/study1/view1_frontal.jpg"])
+    valid_csv = rf.chexpert_csv(tmp_path / "valid.csv", ["valid/patient64541/study1/view1_frontal.jpg"])
+    config["dataset"].update(source="chexpert", csv=str(train_csv), image_root=str(tmp_path),
+                             heldout_csv=str(valid_csv))
+    validate(copy.deepcopy(config), SCHEMA)
+    for heldout, message in ((tmp_path / "missing.csv", "does not exist"), (train_csv, "the training CSV itself")):
+        config["dataset"]["heldout_csv"] = str(heldout)
+        with pytest.raises(ConfigError, match=rf"'dataset.heldout_csv'.*{message}"):
+            validate(copy.deepcopy(config), SCHEMA)
+    config["dataset"].update(source="phantoms", heldout_csv=str(valid_csv))
+    with pytest.raises(ConfigError, match=r"'dataset.heldout_csv': only for dataset.source chexpert"):
+        validate(config, SCHEMA)
+
+
+def test_a_filter_takes_a_threshold_or_a_percentile(config):
+    config["variants"]["filtered"]["train"]["filter"] = {"threshold": 2.0, "percentile": 95}
+    with pytest.raises(ConfigError, match=r"'variants.filtered.train.filter'.*not both"):
+        validate(config, SCHEMA)

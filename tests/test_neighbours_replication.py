@@ -10,7 +10,9 @@ from mnemo.copydetect.embeddings import Embeddings, read_embeddings, write_embed
 from mnemo.copydetect.neighbours import topk_cosine
 from mnemo.copydetect.replication import (
     MatchConfig,
+    _nearest_other_patient,
     diversity,
+    heldout_baseline,
     match_samples,
     per_prompt,
     threshold_names,
@@ -84,3 +86,43 @@ def test_per_prompt_rates_and_diversity():
     assert table["p0"]["same_patient_rate"] == 0.5
     assert table["p0"]["diversity"] == pytest.approx(0.6)
     assert table["p0"]["threshold_calibrated"] == pytest.approx(0.99)
+
+
+def _dense_world(generator, count, prototypes, spread=0.08):
+    """Images near a few prototypes: every one is similar to many others, as phantoms are."""
+    choice = torch.randint(len(prototypes), (count,), generator=generator)
+    return _unit(prototypes[choice] + spread * torch.randn(count, prototypes.shape[1], generator=generator))
+
+
+def test_heldout_baseline_separates_copies_from_typical_samples_in_a_dense_set():
+    """In a dense set a fixed threshold calls almost every sample a copy; beating held-out patients
+    by the calibrated margin calls the near-exact copies copies and few typical samples."""
+    generator = torch.Generator().manual_seed(0)
+    prototypes = _unit(torch.randn(3, 32, generator=generator))
+    train = Embeddings([f"t{i}" for i in range(300)], _dense_world(generator, 300, prototypes), "d", "r")
+    heldout = Embeddings([f"h{i}" for i in range(300)], _dense_world(generator, 300, prototypes), "d", "r")
+    held_patients = {f"h{i}": f"H{i // 2}" for i in range(300)}
+    typical = _dense_world(generator, 200, prototypes)
+    copies = _unit(train.vectors[:20] + 0.02 * torch.randn(20, 32, generator=generator))
+    samples = Embeddings([f"s{i}" for i in range(220)], torch.cat([typical, copies]), "d", "r")
+    rows = pa.table({"sample_id": samples.ids, "prompt_id": ["typical"] * 200 + ["copy"] * 20,
+                     "guidance": [1.0] * 220})
+    prompts = pa.table({"prompt_id": ["typical", "copy"], "group": ["other", "planted"],
+                        "train_patient_ids": [[], []], "source_image_ids": [[], []]})
+    train_patients = {f"t{i}": f"T{i}" for i in range(300)}
+    baseline = heldout_baseline(samples, train, heldout, held_patients, 0.01, MatchConfig())
+    assert (baseline.images, baseline.patients) == (300, 150) and baseline.margin > 0
+    table = match_samples(samples, rows, train, train_patients, prompts, MatchConfig(), baseline=baseline).to_pylist()
+    beyond = torch.tensor([r["beyond_heldout"] for r in table], dtype=torch.float)
+    above_fixed = torch.tensor([r["nn_similarity"] > 0.8 for r in table], dtype=torch.float)
+    assert above_fixed[:200].mean() > 0.9  # a fixed threshold: nearly every typical sample "copies"
+    assert beyond[200:].mean() == 1.0 and beyond[:200].mean() <= 0.05
+    # the held-out images' own comparison leaves their patient out: a second image of the same
+    # patient never stands in for "another held-out patient"
+    twin_vectors = torch.zeros(3, 32)
+    twin_vectors[0, 0], twin_vectors[1, :2], twin_vectors[2, 1] = 1.0, torch.tensor([1.0, 0.01]), 1.0
+    twin = Embeddings(["a0", "a1", "b0"], _unit(twin_vectors), "d", "r")
+    assert _nearest_other_patient(twin.vectors, ["A", "A", "B"]).tolist() == pytest.approx([0.0, 0.01, 0.01], abs=1e-4)
+    assert heldout_baseline(samples, train, twin, {"a0": "A", "a1": "A", "b0": "B"}, 0.5, MatchConfig()).patients == 2
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        heldout_baseline(samples, train, twin, {"a0": "A", "a1": "A", "b0": "A"}, 0.5, MatchConfig())

@@ -11,7 +11,7 @@ import yaml
 
 from tests.workflow import REPO, snakemake
 
-GPU_RULES = {"train", "generate", "detect", "localize", "retrigger", "embed_samples", "embed_train",
+GPU_RULES = {"train", "generate", "detect", "localize", "retrigger", "embed_samples", "embed_cache",
              "train_copydetect"}
 
 

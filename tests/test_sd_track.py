@@ -137,7 +137,7 @@ def test_sd_track_end_to_end_without_originals(sd_runs):
     """The shipped config's `originals: null`: detection is validated against the listed truth only,
     every table that needs originals says n/a, and nothing crashes."""
     results, jobs = sd_runs["without_originals"]()
-    assert not {"cache_originals", "match", "embed_train", "calibrate_descriptor"} & set(jobs), jobs
+    assert not {"cache_originals", "match", "embed_cache", "calibrate_descriptor"} & set(jobs), jobs
     assert {r["truth"] for r in _table(results, "detection")} == {"planted"}
     assert {r["detector"] for r in _table(results, "detection")} >= {"wen_first_n2", "wen_all_n2"}
     headline = _table(results, "headline")

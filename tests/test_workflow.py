@@ -31,7 +31,7 @@ TEST_CONFIG = REPO / "config" / "test.yaml"
 TIMING_COLUMNS = re.compile(r"seconds|overhead|step_seconds")
 # Jobs that train, sample or measure (minutes on a real config), as opposed to figures and tables.
 MODEL_RULES = {"phantoms", "cache_dataset", "prompts", "train", "train_copydetect", "calibrate_descriptor",
-               "embed_train", "embed_samples", "match", "detect", "generate", "localize", "retrigger",
+               "embed_cache", "embed_samples", "match", "detect", "generate", "localize", "retrigger",
                "train_classifier", "fidelity"}
 
 
@@ -62,6 +62,10 @@ def test_every_stage_runs_and_the_cache_matches_the_csv(demo):
     ).fetchone()
     assert cached == len(rows) - len(rejected)
     assert labels == sum(r["Cardiomegaly"] in ("1.0", "-1.0") for r in rows)
+    heldout, margins = duckdb.execute(  # every sample is also compared with patients the model never saw
+        "SELECT count(heldout_similarity) = count(*), count(DISTINCT heldout_margin) "
+        f"FROM read_parquet('{results}/matches/copydetect/cfg/none.parquet')").fetchone()
+    assert heldout and margins == 1
     summary = (results / "tables" / "summary.md").read_text()
     for heading in ("Replication", "Memorization detection", "NeMo localization", "Mitigations",
                     "Label fidelity", "Compute cost"):

@@ -138,6 +138,13 @@ def _check_trained_variants(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'vaes.{name}.pretrained': {vae['pretrained']} is not a diffusers "
                               "AutoencoderKL folder (no config.json)")
     xray = config.get("dataset", {}).get("source") in ("phantoms", "chexpert")
+    trains = [("train", config.get("train", {}))]
+    trains += [(f"variants.{name}.train", v["train"]) for name, v in config.get("variants", {}).items() if "train" in v]
+    for key, recipe in trains:
+        wen = recipe.get("filter") or {}
+        if "threshold" in wen and "percentile" in wen:
+            raise ConfigError(f"config key '{key}.filter': give threshold (a fixed cut, as Wen et al.'s code) "
+                              "or percentile (calibrated in the warm-up steps), not both")
     for name, variant in config.get("variants", {}).items():
         if variant.get("vae") is not None and variant["vae"] not in vaes:
             raise ConfigError(f"config key 'variants.{name}.vae': '{variant['vae']}' is not defined under 'vaes' "
@@ -244,6 +251,17 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'dataset.image_root': folder {dataset['image_root']} does not exist")
         if dataset.get("text_column"):
             _check_text_column(dataset["csv"], dataset["text_column"])
+        heldout = dataset.get("heldout_csv")
+        if heldout and not Path(heldout).is_file():
+            raise ConfigError(f"config key 'dataset.heldout_csv': file {heldout} does not exist")
+        if heldout and Path(heldout).resolve() == Path(dataset["csv"]).resolve():
+            raise ConfigError("config key 'dataset.heldout_csv': the training CSV itself; give patients the "
+                              "model does not train on (e.g. CheXpert's valid.csv)")
+        if heldout and dataset.get("text_column"):
+            _check_text_column(heldout, dataset["text_column"])
+    elif dataset.get("heldout_csv"):
+        raise ConfigError(f"config key 'dataset.heldout_csv': only for dataset.source chexpert (phantoms have "
+                          f"their own held-out split; dataset.source is {dataset.get('source')!r})")
     elif dataset.get("text_column"):
         raise ConfigError(f"config key 'dataset.text_column': only a chexpert CSV has free text "
                           f"(dataset.source is {dataset.get('source')!r})")

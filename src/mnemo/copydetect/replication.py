@@ -4,6 +4,12 @@ On X-rays memorization is about patients as much as pixels, so next to the simil
 nearest training image we record whether that image belongs to one of the patients behind the
 prompt's own training images (patient-level leakage), and the similarity to the prompt's own
 source images (for planted prompts: the planted study).
+
+In a dense training set a fixed copy threshold calls almost any sample a copy of *some* image.
+The held-out baseline asks instead whether the nearest training image is closer than what
+patients the model never saw give (Somepalli et al., Carlini et al.): a sample counts as a copy
+beyond held-out when its training similarity minus its held-out similarity exceeds a margin that
+real held-out images exceed only at the calibration's false-positive rate.
 """
 
 from __future__ import annotations
@@ -27,9 +33,50 @@ class MatchConfig:
     chunk_keys: int = 65536
 
 
+@dataclass
+class HeldoutBaseline:
+    """What images of patients the model never saw give: the samples' nearest held-out similarity
+    and the training-minus-held-out margin that real held-out images exceed at rate `fpr`."""
+
+    sample_similarity: torch.Tensor  # (samples,)
+    margin: float
+    fpr: float
+    images: int
+    patients: int
+
+
+def _nearest_other_patient(vectors: torch.Tensor, patients: list[str], chunk: int = 4096) -> torch.Tensor:
+    """Each image's highest similarity to an image of another patient in the same set."""
+    codes = {p: i for i, p in enumerate(sorted(set(patients)))}
+    patient = torch.tensor([codes[p] for p in patients])
+    best = torch.empty(len(patients))
+    for start in range(0, len(patients), chunk):
+        scores = vectors[start:start + chunk] @ vectors.T
+        scores[patient[start:start + chunk, None] == patient[None, :]] = -torch.inf
+        best[start:start + chunk] = scores.max(dim=1).values
+    return best
+
+
+def heldout_baseline(samples: Embeddings, train: Embeddings, heldout: Embeddings, heldout_patients: dict[str, str],
+                     fpr: float, config: MatchConfig, device: str | torch.device = "cpu") -> HeldoutBaseline:
+    """Margin from the held-out images themselves: for each, its nearest training image against its
+    nearest image of another held-out patient; the (1 - fpr) quantile of that gap is the margin."""
+    patients = [heldout_patients[i] for i in heldout.ids]
+    if len(set(patients)) < 2:
+        raise ValueError(f"the held-out baseline needs images of at least 2 patients ({len(set(patients))} given)")
+    sample_similarity = topk_cosine(samples.vectors, heldout.vectors, 1, config.chunk_queries, config.chunk_keys,
+                                    device)[0][:, 0]
+    to_train = topk_cosine(heldout.vectors, train.vectors, 1, config.chunk_queries, config.chunk_keys, device)[0][:, 0]
+    gap = to_train - _nearest_other_patient(heldout.vectors, patients)
+    margin = float(torch.quantile(gap, 1 - fpr))
+    return HeldoutBaseline(sample_similarity, margin, fpr, len(patients), len(set(patients)))
+
+
 def match_samples(samples: Embeddings, sample_rows: pa.Table, train: Embeddings, train_patients: dict[str, str],
-                  prompts: pa.Table, config: MatchConfig, device: str | torch.device = "cpu") -> pa.Table:
-    """One row per sample: nearest training image, similarity, leakage flag, source similarity."""
+                  prompts: pa.Table, config: MatchConfig, device: str | torch.device = "cpu",
+                  baseline: HeldoutBaseline | None = None) -> pa.Table:
+    """One row per sample: nearest training image, similarity, leakage flag, source similarity and,
+    with a held-out `baseline`, the nearest held-out similarity and whether the sample copies beyond it."""
     sims, idx = topk_cosine(samples.vectors, train.vectors, config.top_k, config.chunk_queries,
                             config.chunk_keys, device)
     prompt_of = dict(zip(sample_rows.column("sample_id").to_pylist(), sample_rows.column("prompt_id").to_pylist(),
@@ -57,6 +104,7 @@ def match_samples(samples: Embeddings, sample_rows: pa.Table, train: Embeddings,
         nn_ids = [train.ids[j] for j in idx[row].tolist()]
         nn_patient = train_patients[nn_ids[0]]
         source = float(source_sim[row])
+        heldout = None if baseline is None else float(baseline.sample_similarity[row])
         out.append({
             "sample_id": sample_id,
             "prompt_id": prompt_id,
@@ -68,6 +116,9 @@ def match_samples(samples: Embeddings, sample_rows: pa.Table, train: Embeddings,
             "source_similarity": None if source != source else source,
             "topk_image_ids": nn_ids,
             "topk_similarities": sims[row].tolist(),
+            "heldout_similarity": heldout,
+            "beyond_heldout": None if heldout is None else float(sims[row, 0]) - heldout > baseline.margin,
+            "heldout_margin": None if baseline is None else baseline.margin,
             "descriptor": samples.descriptor,
             "recipe": samples.recipe,
         })
@@ -86,6 +137,9 @@ def match_schema() -> pa.Schema:
         pa.field("source_similarity", pa.float32()),
         pa.field("topk_image_ids", pa.list_(pa.string())),
         pa.field("topk_similarities", pa.list_(pa.float32())),
+        pa.field("heldout_similarity", pa.float32()),
+        pa.field("beyond_heldout", pa.bool_()),
+        pa.field("heldout_margin", pa.float32()),
         pa.field("descriptor", pa.string()),
         pa.field("recipe", pa.string()),
     ])
@@ -141,6 +195,9 @@ def per_prompt(matches: pa.Table, diversity_table: pa.Table, thresholds: dict[st
                median(m.source_similarity) AS median_source_similarity,
                {rates},
                {", ".join(f"CAST({value!r} AS DOUBLE) AS threshold_{name}" for name, value in thresholds.items())},
+               avg(CAST(m.beyond_heldout AS DOUBLE)) AS replication_rate_beyond_heldout,
+               any_value(m.heldout_margin) AS heldout_margin,
+               median(m.heldout_similarity) AS median_heldout_similarity,
                avg(CAST(m.nn_same_patient AS DOUBLE)) AS same_patient_rate,
                any_value(d.diversity) AS diversity,
                any_value(m.descriptor) AS descriptor,

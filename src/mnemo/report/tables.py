@@ -98,7 +98,7 @@ def _columns(spec: str) -> str:
 EMPTY_VIEWS = {
     "matches": _columns("variant VARCHAR, mitigation VARCHAR, sample_id VARCHAR, prompt_id VARCHAR, "
                         "guidance FLOAT, nn_image_id VARCHAR, nn_similarity FLOAT, source_similarity FLOAT, "
-                        "descriptor VARCHAR"),
+                        "heldout_similarity FLOAT, beyond_heldout BOOLEAN, descriptor VARCHAR"),
     "embeddings": _columns("descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, id VARCHAR, "
                            "embedding FLOAT[]"),
     "match_prompts": _columns('descriptor VARCHAR, variant VARCHAR, mitigation VARCHAR, prompt_id VARCHAR, '
@@ -106,7 +106,8 @@ EMPTY_VIEWS = {
                               'median_similarity FLOAT, max_source_similarity FLOAT, median_source_similarity FLOAT, '
                               'replication_rate_0_5 DOUBLE, replication_rate_0_7 DOUBLE, '
                               'replication_rate_calibrated DOUBLE, threshold_calibrated DOUBLE, '
-                              'same_patient_rate DOUBLE, diversity FLOAT, recipe VARCHAR'),
+                              'replication_rate_beyond_heldout DOUBLE, heldout_margin FLOAT, '
+                              'median_heldout_similarity FLOAT, same_patient_rate DOUBLE, diversity FLOAT, recipe VARCHAR'),
     "detection_metrics": _columns('variant VARCHAR, detector VARCHAR, "n" BIGINT, steps VARCHAR, truth VARCHAR, '
                                   'positives BIGINT, negatives BIGINT, auc DOUBLE, tpr_at_1pct_fpr DOUBLE, '
                                   'spearman_vs_similarity DOUBLE'),
@@ -124,7 +125,8 @@ EMPTY_VIEWS = {
                         "sample_seconds DOUBLE, unet_calls DOUBLE, seconds DOUBLE"),
     "scores": _columns("variant VARCHAR, prompt_id VARCHAR, nemo_flagged BOOLEAN"),
     "train_summary": _columns("variant VARCHAR, mean_step_seconds DOUBLE, filter_threshold DOUBLE, "
-                              "filtered_fraction_mean DOUBLE"),
+                              "filtered_fraction_mean DOUBLE, filtered_share_duplicated DOUBLE, "
+                              "filtered_share_unique DOUBLE"),
     "retrigger": _columns("variant VARCHAR, arm VARCHAR, prompt_id VARCHAR, similarity_before DOUBLE, "
                           "similarity_after DOUBLE, replicated_after BOOLEAN, threshold DOUBLE, "
                           "optimisation_steps BIGINT, final_loss DOUBLE, seconds DOUBLE"),
