@@ -316,6 +316,9 @@ def table_sources(wildcards=None):
         "neurons": [
             (f"{R}/localize/{v}/neurons.parquet", {"variant": v}) for v in localized_variants()
         ],
+        "reference_stats": [
+            (f"{R}/localize/{v}/reference_stats.parquet", {"variant": v}) for v in localized_variants()
+        ],
         "scores": [(f"{R}/detect/{v}/scores.parquet", {"variant": v}) for v in variants()],
         "clip": [
             (f"{R}/clip/{v}/{m}.parquet", {"variant": v, "mitigation": m})

@@ -304,3 +304,40 @@ def test_mode_agreement_compares_the_run_mode_with_one_by_one_search(tmp_path):
     assert (row["same_initial_neurons"], row["same_neurons"]) == (2, 1)
     assert row["call_ratio"] == pytest.approx(16 / 60, abs=1e-4)
     assert row["seconds_ratio"] == pytest.approx(3 / 8, abs=1e-4)
+
+
+def test_the_regime_table_says_whether_the_methods_preconditions_hold(tmp_path):
+    """Worked out from the rows above at the report's guidance 3 (threshold 0.6): cfg's planted
+    prompt copies its image in both samples; 1 of the other prompts' 6 samples is above the
+    threshold (other-000's 0.65); nemo takes the planted median to 0.56 (1 of 1 below); the other
+    prompts' nemo twins are 0, 0, 1, 0, 0.707, 0.707 (median 0.354). nocfg has only guidance 1."""
+    sources = _write(tmp_path)
+    neurons = pa.Table.from_pylist([
+        {"prompt_id": pid, "mode": "sequential", "memorized": True, "refined_count": count}
+        for pid, count in (("planted-000", 3), ("other-000", 30))])
+    pq.write_table(neurons, tmp_path / "neurons.parquet")
+    pq.write_table(pa.table({"layer": ["down"] * 40, "channel": list(range(40)), "neuron": list(range(40))}),
+                   tmp_path / "reference_stats.parquet")
+    (tmp_path / "train_summary.json").write_text(json.dumps({"filtered_share_duplicated": 0.5,
+                                                             "filtered_share_unique": 0.01}))
+    wen_all = pa.Table.from_pylist([{"variant": "cfg", "detector": "wen_all_n4", "n": 4, "steps": "all",
+                                     "truth": "planted", "positives": 1, "negatives": 3, "auc": 1.0,
+                                     "tpr_at_1pct_fpr": 1.0, "spearman_vs_similarity": 0.5}])
+    pq.write_table(wen_all, tmp_path / "wen_all.parquet")
+    sources.update(neurons=[(str(tmp_path / "neurons.parquet"), {"variant": "cfg"})],
+                   reference_stats=[(str(tmp_path / "reference_stats.parquet"), {"variant": "cfg"})],
+                   train_summary=[(str(tmp_path / "train_summary.json"), {"variant": "cfg"})])
+    sources["detection_metrics"].append((str(tmp_path / "wen_all.parquet"), {}))
+    regime = _by(run_queries(connect(sources, SETTINGS), ["regime"])["regime"], "variant")
+    cfg, nocfg = regime["cfg",], regime["nocfg",]
+    assert cfg["guidance"] == 3.0 and nocfg["guidance"] == 1.0
+    assert cfg["planted_prompts"] == 1 and cfg["planted_own_copy_rate"] == 1.0
+    assert cfg["others_copy_rate"] == pytest.approx(1 / 6) and cfg["others_copy_rate_beyond_heldout"] is None
+    assert (cfg["planted_neurons"], cfg["searched_neurons"]) == (3, 40)
+    assert cfg["planted_neurons_share"] == pytest.approx(3 / 40)
+    assert cfg["planted_below_nemo"] == "1 of 1" and cfg["planted_below_random"] is None
+    assert cfg["others_twin_nemo"] == pytest.approx((0 + math.sqrt(0.5)) / 2, abs=1e-6)
+    assert cfg["wen_all"] == "wen_all_n4 1.00" and cfg["nemo_detection"] is None
+    assert (cfg["filter_share_duplicated"], cfg["filter_share_unique"]) == (0.5, 0.01)
+    assert nocfg["planted_own_copy_rate"] == 0.0 and nocfg["others_copy_rate"] == 0.0
+    assert nocfg["nemo_detection"] == "nemo_max_ssim 0.80" and nocfg["planted_neurons"] is None

@@ -25,6 +25,11 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "per mitigation what it removes (memorizing prompts' samples still copying, unmitigated → mitigated) "
      "and what it costs (label AUC, similarity of the other prompts' samples to their unmitigated twins). "
      "n/a: not measurable in this run."),
+    ("regime", "Memorization regime",
+     "Per variant, what NeMo and Wen et al. presuppose: the planted prompts memorized by a minority of "
+     "neurons, other prompts' samples varying with the seed and not copying (beyond what held-out "
+     "patients' images give), and the detectors telling the two apart. Primary descriptor, unmitigated "
+     "set nearest the report's guidance; columns are explained in `regime.sql`."),
     ("calibration", "Descriptor calibration",
      "Copies (crop, shift, blur, noise, contrast edits) of held-out images vs images of other patients."),
     ("replication", "Replication of training images",
@@ -124,6 +129,7 @@ EMPTY_VIEWS = {
                         "initial_neurons INTEGER[], refined_neurons INTEGER[], refined_layers VARCHAR[], sample_checks INTEGER, "
                         "sample_seconds DOUBLE, unet_calls DOUBLE, seconds DOUBLE"),
     "scores": _columns("variant VARCHAR, prompt_id VARCHAR, nemo_flagged BOOLEAN"),
+    "reference_stats": _columns("variant VARCHAR, layer VARCHAR, channel INTEGER, neuron INTEGER"),
     "train_summary": _columns("variant VARCHAR, mean_step_seconds DOUBLE, filter_threshold DOUBLE, "
                               "filtered_fraction_mean DOUBLE, filtered_share_duplicated DOUBLE, "
                               "filtered_share_unique DOUBLE"),
@@ -141,6 +147,8 @@ EMPTY_VIEWS = {
 # needs that the run does not have.
 NOT_AVAILABLE = {
     "headline": "no sample set in this run",
+    "regime": "no unmitigated sample set matched against training images (the Stable Diffusion track "
+              "without `prompts.originals`)",
     "calibration": "no descriptor was calibrated: there are no reference images to calibrate on "
                    "(the Stable Diffusion track without `prompts.originals`)",
     "replication": "no training images to match the samples against (the Stable Diffusion track without "
@@ -176,7 +184,8 @@ def register(con: duckdb.DuckDBPyConnection, name: str, sources: Sequence[Source
         empty = EMPTY_VIEWS.get(name, "NULL AS _empty")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE FALSE")
         return
-    parts = []
+    # a view with known columns has them all, NULL in files written before a column existed
+    parts = [f"SELECT {EMPTY_VIEWS[name]} WHERE FALSE"] if name in EMPTY_VIEWS else []
     for path, labels in sources:
         tags = "".join(f"{_literal(v)} AS {k}, " for k, v in labels.items())
         parts.append(f"SELECT {tags}{columns} FROM {_reader(str(path))}")
