@@ -1,0 +1,52 @@
+"""The demo-model study's candidate overlays (config/study, docs/demo-model-study.md): each one,
+and all together, is a valid config over config.yaml, and each candidate is what it says it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnemo.cli import check_config
+from mnemo.diffusion.model import ModelConfig, build_noise_scheduler, build_unet
+from mnemo.nemo.blocking import neuron_count, value_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAYS = sorted((ROOT / "config" / "study").glob("*.yaml"))
+
+
+def test_there_are_study_overlays():
+    assert {p.stem for p in OVERLAYS} >= {"unet_sd_shaped", "schedule_sd", "text_encoder_frozen", "seeds_b"}
+
+
+@pytest.mark.parametrize("files", [[p] for p in OVERLAYS] + [OVERLAYS], ids=lambda f: "+".join(p.stem for p in f))
+def test_each_overlay_and_all_together_are_valid(files):
+    check_config(files, ROOT)
+
+
+def test_the_sd_shaped_unet_has_7_value_layers_and_over_1000_searched_neurons():
+    config, _ = check_config([ROOT / "config/study/unet_sd_shaped.yaml"], ROOT)
+    model = ModelConfig.from_dict(config["model"])
+    unet = build_unet(model.unet, model.text_encoder.hidden_size)
+    layers = value_layers(unet, config["localize"]["blocks"])
+    assert [layer.name.split(".")[0] for layer in layers] == ["down_blocks"] * 6 + ["mid_block"]
+    assert neuron_count(layers) == 2 * (96 + 160 + 192) + 192 >= 1000
+
+
+def test_the_sd_schedule_overlay_gives_stable_diffusions_timesteps():
+    config, _ = check_config([ROOT / "config/study/schedule_sd.yaml"], ROOT)
+    from diffusers import DDIMScheduler
+
+    scheduler = build_noise_scheduler(ModelConfig.from_dict(config["model"]).scheduler)
+    assert float(scheduler.betas[0]) == pytest.approx(0.00085) and float(scheduler.betas[-1]) == pytest.approx(0.012)
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(50)
+    assert ddim.timesteps[:2].tolist() == [981, 961] and ddim.timesteps[-1] == 1  # SD v1.4's 50 steps
+
+
+def test_the_second_seed_set_changes_every_seed_and_keeps_localization_apart():
+    base, _ = check_config([], ROOT)
+    other, _ = check_config([ROOT / "config/study/seeds_b.yaml"], ROOT)
+    for section in ("phantoms", "train", "prompts", "generate", "localize"):
+        assert other[section]["seed"] != base[section]["seed"], section
+    assert other["localize"]["seed"] != other["generate"]["seed"]
