@@ -29,8 +29,6 @@ from mnemo.diffusion.model import DiffusionModel
 
 CHECKPOINT_NAME = "last.pt"
 FILTER_COUNTS = ("duplicated_seen", "duplicated_dropped", "unique_seen", "unique_dropped")
-
-
 FILTER_CALIBRATIONS = ("unique", "conditioned")
 
 
