@@ -16,13 +16,11 @@ import pyarrow.parquet as pq
 
 from mnemo.copydetect.embeddings import read_embeddings
 from mnemo.copydetect.replication import MatchConfig, heldout_baseline, match_samples
-from mnemo.data.dataset import read_cache
+from mnemo.data.dataset import patients_by_image
 
 R = sys.argv[1]  # the results folder
-cache = read_cache(f"{R}/cache/train", columns=["image_id", "patient_id"])
-patients = dict(zip(cache.column("image_id").to_pylist(), cache.column("patient_id").to_pylist(), strict=True))
-held = read_cache(f"{R}/cache/valid", columns=["image_id", "patient_id"])
-held_patients = dict(zip(held.column("image_id").to_pylist(), held.column("patient_id").to_pylist(), strict=True))
+patients = patients_by_image(f"{R}/cache/train")
+held_patients = patients_by_image(f"{R}/cache/valid")
 prompts = pq.read_table(f"{R}/prompts/prompts.parquet")
 for descriptor in ("copydetect", "pixel"):
     threshold = json.loads(Path(f"{R}/descriptors/{descriptor}/calibration.json").read_text())["threshold"]

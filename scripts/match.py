@@ -9,7 +9,7 @@ from mnemo.copydetect.replication import (
     per_prompt,
     threshold_names,
 )
-from mnemo.data.dataset import read_cache
+from mnemo.data.dataset import patients_by_image
 from mnemo.workflow import device_of, job, read_json, write_parquet
 
 with job(snakemake) as log:
@@ -19,18 +19,14 @@ with job(snakemake) as log:
     samples = read_embeddings(snakemake.input.samples)
     train = read_embeddings(snakemake.input.train)
     rows = pq.read_table(snakemake.input.sample_rows, columns=["sample_id", "prompt_id", "guidance"])
-    cache = read_cache(snakemake.input.cache, columns=["image_id", "patient_id"])
-    patients = dict(zip(cache.column("image_id").to_pylist(), cache.column("patient_id").to_pylist(), strict=True))
+    patients = patients_by_image(snakemake.input.cache)
     prompts = pq.read_table(snakemake.input.prompts)
     calibration = read_json(snakemake.input.calibration)
     baseline = None
     if hasattr(snakemake.input, "heldout"):  # patients the model never saw
         heldout = read_embeddings(snakemake.input.heldout)
-        held = read_cache(snakemake.input.heldout_cache, columns=["image_id", "patient_id"])
-        held_patients = dict(zip(held.column("image_id").to_pylist(), held.column("patient_id").to_pylist(),
-                                 strict=True))
-        baseline = heldout_baseline(samples, train, heldout, held_patients, settings["calibration"]["fpr"], config,
-                                    device_of(snakemake))
+        baseline = heldout_baseline(samples, train, heldout, patients_by_image(snakemake.input.heldout_cache),
+                                    settings["calibration"]["fpr"], config, device_of(snakemake))
         log.info("held-out baseline: %d images of %d patients, margin %.4f at false-positive rate %g",
                  baseline.images, baseline.patients, baseline.margin, baseline.fpr)
     matches = match_samples(samples, rows, train, patients, prompts, config, device_of(snakemake), baseline)

@@ -472,6 +472,12 @@ def read_cache(cache_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
     return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
 
 
+def patients_by_image(cache_dir: str | Path) -> dict[str, str]:
+    """Image id -> (hashed) patient id of a cache."""
+    table = read_cache(cache_dir, columns=["image_id", "patient_id"])
+    return dict(zip(table.column("image_id").to_pylist(), table.column("patient_id").to_pylist(), strict=True))
+
+
 def calibration_set(cache_dir: str | Path, fraction: float, seed: int = 0,
                     every_image: bool = False) -> tuple[torch.Tensor, list[str], list[str] | None]:
     """Images, patient ids and study ids (None where the cache has no studies) that a descriptor

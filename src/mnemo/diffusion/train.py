@@ -374,9 +374,10 @@ def _wen_filter(model, noisy, timesteps, prediction, empty_ids, config, step, ma
             result.filter_threshold = float(torch.quantile(seen, settings.percentile / 100))
     keep = filter_mask(magnitude, result.filter_threshold) | dropped
     conditioned = ~dropped
-    for name, group in (("duplicated", duplicated), ("unique", ~duplicated)):
-        result.filter_counts[f"{name}_seen"] += int(_all_sum((conditioned & group).sum(), world))
-        result.filter_counts[f"{name}_dropped"] += int(_all_sum((conditioned & group & ~keep).sum(), world))
+    counts = torch.stack([(conditioned & group & also).sum() for group in (duplicated, ~duplicated)
+                          for also in (conditioned, ~keep)])  # in FILTER_COUNTS' order: one reduction
+    for name, count in zip(FILTER_COUNTS, _all_sum(counts, world).tolist(), strict=True):
+        result.filter_counts[name] += int(count)
     return keep
 
 
