@@ -146,3 +146,11 @@ def test_a_filter_takes_a_threshold_or_a_percentile(config):
     config["variants"]["filtered"]["train"]["filter"] = {"threshold": 2.0, "percentile": 95}
     with pytest.raises(ConfigError, match=r"'variants.filtered.train.filter'.*not both"):
         validate(config, SCHEMA)
+
+
+def test_run_variants_keeps_the_named_variants_and_names_an_unknown_one(config):
+    config["run_variants"] = ["cfg"]
+    assert list(validate(copy.deepcopy(config), SCHEMA)["variants"]) == ["cfg"]
+    config["run_variants"] = ["cfg", "nocgf"]
+    with pytest.raises(ConfigError, match=r"'run_variants': 'nocgf' not defined under 'variants'"):
+        validate(config, SCHEMA)

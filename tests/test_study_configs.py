@@ -50,3 +50,15 @@ def test_the_second_seed_set_changes_every_seed_and_keeps_localization_apart():
     for section in ("phantoms", "train", "prompts", "generate", "localize"):
         assert other[section]["seed"] != base[section]["seed"], section
     assert other["localize"]["seed"] != other["generate"]["seed"]
+
+
+def test_the_one_variant_overlay_runs_cfg_alone_with_the_mitigations_the_regime_table_reads():
+    config, _ = check_config([ROOT / "config/study/one_variant.yaml"], ROOT)
+    assert list(config["variants"]) == ["cfg"]
+    assert {"none", "nemo", "random"} <= set(config["variants"]["cfg"]["mitigations"])
+    assert config["report"]["guidance"] in config["variants"]["cfg"]["guidance"]
+
+
+def test_the_heldout_overlay_holds_out_as_many_patients_as_it_trains_on():
+    config, _ = check_config([ROOT / "config/study/heldout_large.yaml"], ROOT)
+    assert config["phantoms"]["valid_patients"] == config["phantoms"]["patients"]

@@ -86,7 +86,21 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | str | Path) -> 
         raise ConfigError(_describe(errors[0]))
     derive(config)
     check(config)
+    select_variants(config)
     return config
+
+
+def select_variants(config: dict[str, Any]) -> None:
+    """Keep only `run_variants` (all when null): a study or a quick look runs one variant of a
+    merged config without deleting the others from it. Called after `check`, which checks them all."""
+    names = config.get("run_variants")
+    if names is None:
+        return
+    unknown = [name for name in names if name not in config.get("variants", {})]
+    if unknown:
+        raise ConfigError(f"config key 'run_variants': {', '.join(map(repr, unknown))} not defined under 'variants' "
+                          f"(defined: {', '.join(config.get('variants', {}))})")
+    config["variants"] = {name: config["variants"][name] for name in names}
 
 
 def derive(config: dict[str, Any]) -> None:
