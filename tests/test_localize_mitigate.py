@@ -16,7 +16,7 @@ from mnemo.nemo.blocking import (
     value_layers,
 )
 from mnemo.nemo.localize import LocalizeConfig, Localizer
-from mnemo.nemo.refinement import speculation_tree
+from mnemo.nemo.refinement import TIE_TOLERANCE, speculation_tree
 from mnemo.nemo.sample_check import SampleCheckConfig
 from mnemo.nemo.selection import ReferenceStats, reference_statistics
 from mnemo.nemo.signal import projection
@@ -163,6 +163,39 @@ def test_greedy_pruning_finds_the_essential_neurons_in_every_mode(tiny_model, mo
     assert all(n == 1 for n in seq_calls)           # one candidate set per call
     assert lock_calls == seq_calls                  # one prompt: the same tests, nothing speculative
     assert len(spec_calls) * 4 <= len(seq_calls)    # speculation needs far fewer calls
+
+
+def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model, monkeypatch):
+    """Float noise from the batch shape must not decide: one neuron's removal scores just above the
+    drop edge when its set is scored alone (as one by one does) and just below it in a bigger batch."""
+    essential, borderline = [2, 17, 35], 9
+    edge = 0.5 - TIE_TOLERANCE
+
+    def score(sets_in_call, s):
+        if not bool(s[essential].all()):
+            return 1.0
+        if not bool(s[borderline]):
+            return edge + 1e-6 - (2e-6 if sets_in_call > 1 else 0.0)   # alone: kept; batched: "dropped"
+        return 0.0
+
+    layers = value_layers(tiny_model.unet)
+    total = neuron_count(layers)
+    stats = ReferenceStats(torch.zeros(total, dtype=torch.float64), torch.ones(total, dtype=torch.float64), 1)
+    found = {}
+    for mode in ("sequential", "lockstep", "speculative"):
+        localizer = Localizer(tiny_model, layers, stats, tau=0.5,
+                              config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=0.0))
+
+        def scores_many(requests):
+            sets_in_call = sum(len(sets) for _, sets in requests)
+            return [torch.tensor([score(sets_in_call, s) for s in sets]) for _, sets in requests]
+
+        monkeypatch.setattr(localizer.refinement, "scores_many", scores_many)
+        monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
+        found[mode] = [r.refined_neurons for r in localizer.localize_many([("p", TINY_PROMPTS[0]),
+                                                                           ("q", TINY_PROMPTS[1])])]
+    assert found["sequential"] == [sorted(essential + [borderline])] * 2
+    assert found["lockstep"] == found["speculative"] == found["sequential"]
 
 
 class _SampleCheckStub:

@@ -242,7 +242,7 @@ class Localizer:
         schedule = selection_schedule(c.theta, c.theta_step, c.theta_min, c.top_k, c.k_max)
         selections = [initial_candidates(self.stats, self.layers, activation, theta, k) for theta, k in schedule]
         sets = [as_mask(lists, neuron_count(self.layers)) for lists in selections]
-        found, scores = yield from self.refinement.first_passing(state, sets, lambda s: s <= state.tau)
+        found, scores = yield from self.refinement.first_passing(state, sets)
         chosen = min(found, len(sets) - 1)
         result.theta, result.top_k = schedule[chosen]
         initial = sets[chosen]
@@ -253,6 +253,7 @@ class Localizer:
             if c.on_no_pass == "report":
                 return result, state, []  # even the widest selection leaves the signal: report, don't prune
             result.relaxed = True
+            result.initial_score = self.refinement.settle(state, initial, result.initial_score)
             state.threshold = result.initial_score
         result.refine_threshold = state.threshold
 

@@ -13,10 +13,13 @@ scored (`Request`) and receives their scores; how the requests are scored is the
   depend on each other, so it scores a tree of the likeliest next decisions (`speculation_tree`) and
   follows the branch the scores take. Fewest calls; the sets off the path cost compute, free on a
   GPU with room in the batch, not on a CPU.
-All make the same decisions. In a relaxed search the threshold is itself a score, so a test that
-removes a neuron of no effect lands exactly on it when every set is scored in batch 1, as the
-official code scores them, and within float noise of it when the same set is scored in another
-batch shape. A drop therefore needs the score below the threshold by more than `TIE_TOLERANCE`.
+All make the same decisions. A set's score depends on the batch it is computed in by float noise
+(about 2e-6 on CPU: the kernels sum in another order), so a lockstep or speculative score within
+`SETTLE_BAND` of a decision's edge is scored again alone, in the one-by-one batch shape, and the
+decision is made on that score (`Refinement.settle`), as is a relaxed threshold. In a relaxed search
+the threshold is itself a score, so a test that removes a neuron of no effect lands exactly on it
+when every set is scored in batch 1, as the official code scores them; a drop therefore needs the
+score below the threshold by more than `TIE_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ MODES = ("lockstep", "sequential", "speculative")
 # Scores closer than this to the refinement threshold count as equal to it (not below): what one
 # set's score differs by between batch shapes on CPU is about 2e-6.
 TIE_TOLERANCE = 1e-5
+# Scores of a batched search this close to a decision's edge are settled in the one-by-one batch
+# shape. Above the batch-shape noise (2e-6 in fp32 on CPU), so that no decision can flip; below
+# TIE_TOLERANCE less that noise, so that an exact tie at the threshold is not scored twice.
+SETTLE_BAND = 5e-6
 
 # The sets the pruning accepted, widest first, with their scores (None: not scored yet).
 Chain = list[tuple[torch.Tensor, float | None]]
@@ -52,9 +59,13 @@ class _PromptState:
     tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
     threshold: float = float("nan")  # refinement drops a group when the set without it scores below this
 
+    @property
+    def drop_edge(self) -> float:
+        """Refinement drops a group when the set without it scores below this (see TIE_TOLERANCE)."""
+        return self.threshold - TIE_TOLERANCE
+
     def drops(self, score: float) -> bool:
-        """Whether refinement drops a group whose removal leaves this score (see TIE_TOLERANCE)."""
-        return score < self.threshold - TIE_TOLERANCE
+        return score < self.drop_edge
 
 
 # What a search asks for: the candidate sets of one prompt to score; it is sent their scores back.
@@ -87,6 +98,14 @@ class Refinement:
         """Scores of several prompts' requests, in one batched signal computation."""
         return self.signal.scores_many([(state.latents, state.cond, state.unblocked, sets)
                                         for state, sets in requests])
+
+    def settle(self, state: _PromptState, candidate: torch.Tensor, score: float, edge: float | None = None) -> float:
+        """The score a decision is made on: in a batched mode, a score within SETTLE_BAND of the
+        decision's `edge` (always, without an edge) is recomputed with the set alone, in the batch
+        shape the one-by-one search scores every set in, so every mode decides on the same numbers."""
+        if self.mode == "sequential" or (edge is not None and abs(score - edge) >= SETTLE_BAND):
+            return score
+        return float(self.scores(state, [candidate])[0])
 
     def sets_per_call(self, state: _PromptState) -> int:
         """Candidate sets one test round scores for a prompt: as many as fit the batch when speculating,
@@ -137,24 +156,25 @@ class Refinement:
             rows = [len(pending[i][0].latents) * len(pending[i][1]) for i in order]
             round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began
             for i, n, scores in zip(order, rows, scored, strict=True):
-                costs[i].unet_calls += round_calls * n / sum(rows)
-                costs[i].seconds += round_seconds * n / sum(rows)
-                advance(i, scores.tolist())
+                began, calls = time.perf_counter(), count_calls()
+                advance(i, scores.tolist())   # settling a near-tie scores on its own: the prompt's alone
+                costs[i].unet_calls += round_calls * n / sum(rows) + count_calls() - calls
+                costs[i].seconds += round_seconds * n / sum(rows) + time.perf_counter() - began
         return results
 
     # -- the search's steps, as generators of requests ----------------------------------------
-    def first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor],
-                      passes: Callable[[float], bool]) -> Search[tuple[int, list[float]]]:
-        """Index of the first set whose score `passes` (len(sets) if none), testing lazily in order;
-        also the scores seen. A speculative search scores as many sets per request as fit the batch
-        and stops at the first chunk that contains a passing set."""
+    def first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor]) -> Search[tuple[int, list[float]]]:
+        """Index of the first set that removes the signal, scoring at most tau (len(sets) if none),
+        testing lazily in order; also the scores seen. A speculative search scores as many sets per
+        request as fit the batch and stops at the first chunk that contains a passing set."""
         per_call = self.sets_per_call(state)
         seen: list[float] = []
         for begin in range(0, len(sets), per_call):
             chunk = yield state, list(sets[begin:begin + per_call])
             for offset, score in enumerate(chunk):
+                score = self.settle(state, sets[begin + offset], score, state.tau)
                 seen.append(score)
-                if passes(score):
+                if score <= state.tau:
                     return begin + offset, seen
         return len(sets), seen
 
@@ -181,6 +201,7 @@ class Refinement:
         position = 0
         while position < len(order):
             if remaining[order[position]] > 1:   # another copy keeps it blocked: the set is unchanged
+                score = self.settle(state, current, score, state.drop_edge)
                 if state.drops(score):
                     remaining[order[position]] -= 1
                 position += 1
@@ -214,9 +235,10 @@ class Refinement:
             outcome = dict(zip(tree, scores, strict=True))
             decisions: tuple[bool, ...] = ()
             while decisions in tree:
-                dropped = state.drops(outcome[decisions])
+                tested = self.settle(state, tree[decisions], outcome[decisions], state.drop_edge)
+                dropped = state.drops(tested)
                 if dropped:
-                    current, score = tree[decisions], outcome[decisions]
+                    current, score = tree[decisions], tested
                     chain.append((current, score))
                 else:
                     kept += 1
