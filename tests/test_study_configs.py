@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mnemo.cli import check_config
 from mnemo.diffusion.model import ModelConfig, build_noise_scheduler, build_unet
@@ -62,3 +63,12 @@ def test_the_one_variant_overlay_runs_cfg_alone_with_the_mitigations_the_regime_
 def test_the_heldout_overlay_holds_out_as_many_patients_as_it_trains_on():
     config, _ = check_config([ROOT / "config/study/heldout_large.yaml"], ROOT)
     assert config["phantoms"]["valid_patients"] == config["phantoms"]["patients"]
+
+
+def test_the_paper_signal_overlay_searches_as_the_paper_does():
+    config, _ = check_config([ROOT / "config/study/one_variant.yaml", ROOT / "config/study/paper_signal.yaml"], ROOT)
+    paper = yaml.safe_load((ROOT / "config/sd14.yaml").read_text())["localize"]   # the paper's settings
+    for key in ("signal", "signal_step", "score", "theta", "theta_step", "theta_min", "k_max", "on_no_pass", "samples"):
+        assert config["localize"][key] == paper[key], key
+    assert not config["localize"]["sample_check"]["enabled"]
+    assert "nemo_checked" not in config["variants"]["cfg"]["mitigations"]
