@@ -2,12 +2,15 @@
 
 Why: the official NeMo code scores each candidate neuron set with its own UNet call (`sequential`).
 `lockstep` puts every prompt's next test in one batched call per round: the same tests, far fewer
-calls, every batch row used. `speculative` scores a tree of likely next tests per call for one
-prompt at a time: fewest calls, but the sets off the path taken cost compute. All three must find
-the same neurons; this prints their wall time and UNet calls, and says whether they agree.
+calls, every batch row used; by default it scores a test on its deciding sample first and draws the
+others only if that one passes (`witness_first`; `lockstep-all` draws every sample at once).
+`speculative` scores a tree of likely next tests per call for one prompt at a time: fewest calls,
+but the sets off the path taken cost compute. All must find the same neurons; this prints their
+wall time, UNet calls and batch rows, and says whether they agree.
 
     python benchmarks/localize_calls.py --demo results              # the demo's flagged prompts, cfg model
-    python benchmarks/localize_calls.py --demo results --max-prompts 8 --modes lockstep sequential
+    python benchmarks/localize_calls.py --demo results --max-prompts 8 --modes lockstep lockstep-all sequential
+    python benchmarks/localize_calls.py --demo results-study/x --config config/study/a.yaml config/study/b.yaml
     python benchmarks/localize_calls.py                             # a tiny random SD model
     python benchmarks/localize_calls.py --pipeline /path/to/stable-diffusion-v1-4 --device cuda
 
@@ -47,10 +50,11 @@ REFERENCE = ["a red bicycle", "two dogs playing in snow", "a bowl of fruit", "ci
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", help="results folder of a finished demo run: search its model's flagged prompts")
-    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="--demo: the run's config file")
+    parser.add_argument("--config", nargs="*", default=[], help="--demo: the run's overlays over config.yaml")
     parser.add_argument("--variant", default="cfg")
     parser.add_argument("--max-prompts", type=int, default=None, help="search only the first N prompts")
-    parser.add_argument("--modes", nargs="+", default=["lockstep", "sequential", "speculative"], choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["lockstep", "lockstep-all", "sequential", "speculative"],
+                        choices=[*MODES, "lockstep-all"], help="lockstep-all: lockstep drawing every sample of a test")
     parser.add_argument("--pipeline", help="without --demo: a diffusers SD folder (default: a tiny random one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -69,23 +73,31 @@ def main() -> None:
           f"{base.score} of {base.signal} at step {base.signal_step}; {len(prompts)} prompts, {base.samples} "
           f"samples each; at most {args.batch_size} rows per call; {args.device}, {args.threads} threads")
     found, cost = {}, {}
+    rows = [0]
+    counter = model.unet.register_forward_pre_hook(lambda _module, inputs: rows.__setitem__(0, rows[0] + len(inputs[0])))
     for mode in args.modes:
-        config = LocalizeConfig(**{**base.__dict__, "mode": mode, "batch_size": args.batch_size})
+        search_mode, _, variant = mode.partition("-")   # lockstep-all: lockstep without witness_first
+        config = LocalizeConfig(**{**base.__dict__, "mode": search_mode, "batch_size": args.batch_size,
+                                   "witness_first": variant != "all"})
         localizer = Localizer(model, layers, stats, tau, config, score_tau, signal=signal)
+        rows[0] = 0
         began = time.perf_counter()
         results = localizer.localize_many(prompts)
         seconds = time.perf_counter() - began
         found[mode] = [(r.initial_neurons, r.refined_neurons) for r in results]
-        cost[mode] = (seconds, sum(r.unet_calls for r in results))
-        print(f"{mode:>11}: {seconds:8.1f} s, {cost[mode][1]:7.0f} UNet calls; refined neurons per prompt "
-              f"{[len(r.refined_neurons) for r in results]}", flush=True)
+        cost[mode] = (seconds, sum(r.unet_calls for r in results), rows[0])
+        print(f"{mode:>12}: {seconds:8.1f} s, {cost[mode][1]:7.0f} UNet calls, {rows[0]:8d} rows; refined neurons "
+              f"per prompt {[len(r.refined_neurons) for r in results]}", flush=True)
+    counter.remove()
     reference_mode = "sequential" if "sequential" in cost else args.modes[0]
-    seconds, calls = cost[reference_mode]
-    print("\n| mode | wall s | UNet calls | wall / one-by-one | calls / one-by-one | same neurons as one-by-one |")
-    print("|---|---|---|---|---|---|")
-    for mode, (s, c) in cost.items():
+    seconds, calls, reference_rows = cost[reference_mode]
+    print("\n| mode | wall s | UNet calls | UNet rows | wall / one-by-one | calls / one-by-one | rows / one-by-one "
+          "| same neurons as one-by-one |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, (s, c, r) in cost.items():
         same = sum(a == b for a, b in zip(found[mode], found[reference_mode], strict=True))
-        print(f"| {mode} | {s:.1f} | {c:.0f} | {s / seconds:.2f} | {c / calls:.3f} | {same} of {len(prompts)} |")
+        print(f"| {mode} | {s:.1f} | {c:.0f} | {r} | {s / seconds:.2f} | {c / calls:.3f} | {r / reference_rows:.3f} "
+              f"| {same} of {len(prompts)} |")
 
 
 def demo(args):
@@ -93,12 +105,11 @@ def demo(args):
     import json
 
     import pyarrow.parquet as pq
-    import yaml
 
-    from mnemo.config import validate
+    from mnemo.cli import check_config
 
     root = Path(args.demo)
-    settings = validate(yaml.safe_load(Path(args.config).read_text()), REPO / "config.schema.yaml")
+    settings, _ = check_config(args.config, REPO)
     options = {k: v for k, v in settings["localize"].items()
                if k in LocalizeConfig.__dataclass_fields__ and k != "mode"}
     base = LocalizeConfig(**options, steps=settings["detect"]["steps"],

@@ -130,39 +130,47 @@ class _Oracle:
         return torch.tensor([0.0 if bool(s[self.essential].all()) else 1.0 for s in sets])
 
 
-def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0.0):
+def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0.0, witness_first=True):
     layers = value_layers(tiny_model.unet)
     total = neuron_count(layers)
     stats = ReferenceStats(torch.zeros(total, dtype=torch.float64), torch.ones(total, dtype=torch.float64), 1)
     localizer = Localizer(tiny_model, layers, stats, tau=0.5,
-                          config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=theta),
+                          config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=theta,
+                                                witness_first=witness_first),
                           sample_check=sample_check)
     oracle = _Oracle(essential)
-    calls = []
+    calls, rows = [], []
 
-    def scores_many(requests):
+    def sample_scores_many(requests):   # every sample scores what the set scores
         calls.append(sum(len(sets) for _, sets in requests))
-        return [oracle(state, sets) for state, sets in requests]
+        rows.append(sum(len(sets) * len(state.latents) for state, sets in requests))
+        return [oracle(state, sets)[:, None].expand(-1, len(state.latents)) for state, sets in requests]
 
-    monkeypatch.setattr(localizer.refinement, "scores_many", scores_many)
+    monkeypatch.setattr(localizer.refinement, "sample_scores_many", sample_scores_many)
     monkeypatch.setattr(localizer, "tau", 0.5)
     # memorized by construction: every unblocked sample is above tau
     monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
-    return localizer.localize("p", TINY_PROMPTS[0]), calls
+    return localizer.localize("p", TINY_PROMPTS[0]), calls, rows
 
 
 @pytest.mark.parametrize("essential", [[2, 17, 35],                                   # a few neurons
                                        [n for n in range(4, 40) if n % 5 != 0]])   # most of them
 def test_greedy_pruning_finds_the_essential_neurons_in_every_mode(tiny_model, monkeypatch, essential):
-    sequential, seq_calls = _search(tiny_model, "sequential", essential, monkeypatch)
-    speculative, spec_calls = _search(tiny_model, "speculative", essential, monkeypatch)
-    lockstep, lock_calls = _search(tiny_model, "lockstep", essential, monkeypatch)
-    assert sequential.refined_neurons == speculative.refined_neurons == lockstep.refined_neurons == essential
-    assert sequential.initial_neurons == speculative.initial_neurons == lockstep.initial_neurons
-    assert sequential.success and speculative.success and lockstep.success
+    sequential, seq_calls, seq_rows = _search(tiny_model, "sequential", essential, monkeypatch)
+    speculative, spec_calls, _ = _search(tiny_model, "speculative", essential, monkeypatch)
+    lockstep, lock_calls, _ = _search(tiny_model, "lockstep", essential, monkeypatch, witness_first=False)
+    witness, witness_calls, witness_rows = _search(tiny_model, "lockstep", essential, monkeypatch)
+    assert (sequential.refined_neurons == speculative.refined_neurons == lockstep.refined_neurons
+            == witness.refined_neurons == essential)
+    assert sequential.initial_neurons == speculative.initial_neurons == lockstep.initial_neurons == witness.initial_neurons
+    assert sequential.success and speculative.success and lockstep.success and witness.success
     assert all(n == 1 for n in seq_calls)           # one candidate set per call
     assert lock_calls == seq_calls                  # one prompt: the same tests, nothing speculative
     assert len(spec_calls) * 4 <= len(seq_calls)    # speculation needs far fewer calls
+    # witness first: a failing test costs one row, a passing one its 4 rows in two calls
+    failing = sum(1 for n in essential if n in sequential.initial_neurons) + 1   # essential neurons, the first layer
+    assert sum(witness_rows) < sum(seq_rows) and len(witness_calls) > len(seq_calls)
+    assert sum(witness_rows) <= sum(seq_rows) - 3 * failing
 
 
 def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model, monkeypatch):
@@ -186,11 +194,12 @@ def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model
         localizer = Localizer(tiny_model, layers, stats, tau=0.5,
                               config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=0.0))
 
-        def scores_many(requests):
+        def sample_scores_many(requests):
             sets_in_call = sum(len(sets) for _, sets in requests)
-            return [torch.tensor([score(sets_in_call, s) for s in sets]) for _, sets in requests]
+            return [torch.tensor([[score(sets_in_call, s)] * len(state.latents) for s in sets])
+                    for state, sets in requests]
 
-        monkeypatch.setattr(localizer.refinement, "scores_many", scores_many)
+        monkeypatch.setattr(localizer.refinement, "sample_scores_many", sample_scores_many)
         monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
         found[mode] = [r.refined_neurons for r in localizer.localize_many([("p", TINY_PROMPTS[0]),
                                                                            ("q", TINY_PROMPTS[1])])]
@@ -228,7 +237,7 @@ class _SampleCheckStub:
 def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_model, monkeypatch, mode, per_call):
     essential = [2, 17, 35]
     check = _SampleCheckStub(needed=10, per_call=per_call)
-    result, _ = _search(tiny_model, mode, essential, monkeypatch, check)
+    result, _, _ = _search(tiny_model, mode, essential, monkeypatch, check)
     initial = set(result.initial_neurons)
     assert result.refined_neurons == essential                # NeMo's refinement alone, reported as such
     assert len(result.checked_neurons) == 10                  # the neuron pass drops one at a time
@@ -239,18 +248,18 @@ def test_sample_check_widens_the_refined_set_back_along_the_pruning_chain(tiny_m
     assert result.unet_calls > 0 and result.sample_checks == len(check.drawn) + 1
 
     # samples that do not show one image: nothing to check, no checked set
-    result, _ = _search(tiny_model, mode, essential, monkeypatch, _SampleCheckStub(needed=10, agreement=0.2))
+    result, _, _ = _search(tiny_model, mode, essential, monkeypatch, _SampleCheckStub(needed=10, agreement=0.2))
     assert result.refined_neurons == essential and result.checked_neurons == [] and result.sample_checks == 1
 
     # the initial selection leaves the samples copying: wider selections of the schedule come next
     loose = dict(essential=[], theta=1.5)    # every set removes the signal; the schedule has two wider ones
-    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
+    result, _, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
                         sample_check=_SampleCheckStub(needed=0))
     initial = set(result.initial_neurons)
-    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
+    result, _, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose,
                         sample_check=_SampleCheckStub(needed=len(initial) + 1))
     assert set(result.checked_neurons) > initial and result.checked_success and result.checked_score == 0.0
-    result, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose, sample_check=_SampleCheckStub(needed=10_000))
+    result, _, _ = _search(tiny_model, mode, monkeypatch=monkeypatch, **loose, sample_check=_SampleCheckStub(needed=10_000))
     assert set(result.checked_neurons) > initial and not result.checked_success   # none passes: the widest, failed
 
 

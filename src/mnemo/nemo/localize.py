@@ -70,6 +70,7 @@ class LocalizeConfig:
     betas: tuple[float, ...] = (0.33, 0.33, 0.33)
     batch_size: int = 256
     mode: str = "lockstep"
+    witness_first: bool = True
     signal: str = "noise_difference"
     signal_step: int = 0
     score: str = "ms_ssim"
@@ -161,7 +162,7 @@ class Localizer:
                          if config.score == "projection" and reference_prompts else None)
             signal = SearchSignal(model, self.layers, config, reference)
         self.signal = signal
-        self.refinement = Refinement(signal, config.mode)
+        self.refinement = Refinement(signal, config.mode, config.witness_first)
 
     # -- the signal's and the refinement's, for callers that hold a Localizer -------------------
     def signal_maps(self, latents: torch.Tensor, cond: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
@@ -250,10 +251,12 @@ class Localizer:
         result.initial_score = scores[chosen]
         state.threshold = state.tau
         if found == len(sets):
+            # a failing score may be a lower bound (witness_first), and a relaxed threshold must not
+            # depend on the batch shape: score the widest selection alone
+            result.initial_score = self.refinement.settle(state, initial, result.initial_score)
             if c.on_no_pass == "report":
                 return result, state, []  # even the widest selection leaves the signal: report, don't prune
             result.relaxed = True
-            result.initial_score = self.refinement.settle(state, initial, result.initial_score)
             state.threshold = result.initial_score
         result.refine_threshold = state.threshold
 

@@ -8,7 +8,10 @@ The search of one prompt is written once, as a generator that yields the candida
 scored (`Request`) and receives their scores; how the requests are scored is the search mode's:
 - `sequential`: one candidate set per UNet call, one prompt after another, as the official code;
 - `lockstep`: every prompt's next test in one batched UNet call per round (`run_lockstep`): the
-  same tests as one by one, nothing speculative, far fewer calls;
+  same tests as one by one, nothing speculative, far fewer calls. With `witness_first` a test is
+  first scored on one sample, the one that decided the prompt's last test: a set fails when any
+  sample scores above the edge, so where that sample alone does, the others are never drawn, and
+  only where it passes are they drawn in the next round (fewer rows, more calls: for CPUs);
 - `speculative`: one prompt at a time, many candidate sets per call: greedy pruning's decisions
   depend on each other, so it scores a tree of the likeliest next decisions (`speculation_tree`) and
   follows the branch the scores take. Fewest calls; the sets off the path cost compute, free on a
@@ -28,7 +31,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -58,6 +61,8 @@ class _PromptState:
     unblocked: torch.Tensor   # unblocked signal maps of the kept samples, prepared for the score
     tau: float = float("nan")  # a blocked set's score must reach it (<=) to remove the memorization
     threshold: float = float("nan")  # refinement drops a group when the set without it scores below this
+    fails_from: float | None = None  # the pending test fails if any sample scores this (+ SETTLE_BAND) or more
+    witness: int = 0          # the sample that decided the prompt's last test (scored first with witness_first)
 
     @property
     def drop_edge(self) -> float:
@@ -84,20 +89,26 @@ class SearchCost:
 class Refinement:
     """Candidate tests of one search mode, and the greedy pruning built on them."""
 
-    def __init__(self, signal: SearchSignal, mode: str):
+    def __init__(self, signal: SearchSignal, mode: str, witness_first: bool = False):
         if mode not in MODES:
             raise ValueError(f"config key 'localize.mode': {mode!r} is not one of {MODES}")
         self.signal = signal
         self.mode = mode
+        self.witness_first = witness_first and mode == "lockstep"
 
     def scores(self, state: _PromptState, sets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Blocked score of each neuron set for the prompt (see `SearchSignal.scores`)."""
         return self.scores_many([(state, list(sets))])[0]
 
     def scores_many(self, requests: Sequence[Request]) -> list[torch.Tensor]:
-        """Scores of several prompts' requests, in one batched signal computation."""
-        return self.signal.scores_many([(state.latents, state.cond, state.unblocked, sets)
-                                        for state, sets in requests])
+        """Scores of several prompts' requests, in one batched signal computation: the max over
+        each set's samples."""
+        return [s.max(dim=1).values if s.numel() else torch.empty(0) for s in self.sample_scores_many(requests)]
+
+    def sample_scores_many(self, requests: Sequence[Request]) -> list[torch.Tensor]:
+        """Per-sample scores of several prompts' requests: (sets, samples) each."""
+        return self.signal.sample_scores_many([(state.latents, state.cond, state.unblocked, sets)
+                                               for state, sets in requests])
 
     def settle(self, state: _PromptState, candidate: torch.Tensor, score: float, edge: float | None = None) -> float:
         """The score a decision is made on: in a batched mode, a score within SETTLE_BAND of the
@@ -149,18 +160,48 @@ class Refinement:
             advance(index, None)
             costs[index].unet_calls += count_calls() - calls
             costs[index].seconds += time.perf_counter() - began
+        probed: dict[int, float] = {}   # prompts whose witness sample passed: its score; the rest come next
         while pending:
             began, calls = time.perf_counter(), count_calls()
             order = list(pending)
-            scored = self.scores_many([pending[i] for i in order])
-            rows = [len(pending[i][0].latents) * len(pending[i][1]) for i in order]
+            drawn = [self._samples_to_draw(pending[i], i in probed) for i in order]
+            scored = self.sample_scores_many([(replace(pending[i][0], latents=pending[i][0].latents[samples],
+                                                       unblocked=pending[i][0].unblocked[samples]), pending[i][1])
+                                              for i, samples in zip(order, drawn, strict=True)])
+            rows = [len(samples) * len(pending[i][1]) for i, samples in zip(order, drawn, strict=True)]
             round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began
-            for i, n, scores in zip(order, rows, scored, strict=True):
+            for i, samples, n, per_sample in zip(order, drawn, rows, scored, strict=True):
                 began, calls = time.perf_counter(), count_calls()
-                advance(i, scores.tolist())   # settling a near-tie scores on its own: the prompt's alone
+                state, sets = pending[i]
+                if len(samples) == len(state.latents):          # every sample drawn
+                    if len(sets) == 1:
+                        state.witness = int(per_sample[0].argmax())
+                    advance(i, per_sample.max(dim=1).values.tolist())  # settling a near-tie: the prompt's alone
+                elif i not in probed:                           # the witness alone
+                    score = float(per_sample[0, 0])
+                    if score >= state.fails_from + SETTLE_BAND:
+                        advance(i, [score])   # fails, whatever the others score: a failing test's score is not used
+                    else:
+                        probed[i] = score
+                else:                                           # the others, after the witness passed
+                    full = torch.empty(len(state.latents))
+                    full[samples] = per_sample[0]
+                    full[state.witness] = probed.pop(i)
+                    state.witness = int(full.argmax())
+                    advance(i, [float(full.max())])
                 costs[i].unet_calls += round_calls * n / sum(rows) + count_calls() - calls
                 costs[i].seconds += round_seconds * n / sum(rows) + time.perf_counter() - began
         return results
+
+    def _samples_to_draw(self, request: Request, probed: bool) -> torch.Tensor:
+        """Which samples of a prompt's pending test the next round scores: its witness alone, the
+        others once the witness passed, or every one (without `witness_first`, for a request of
+        several sets or one without a failure edge)."""
+        state, sets = request
+        every = torch.arange(len(state.latents))
+        if not self.witness_first or len(sets) != 1 or state.fails_from is None or len(every) == 1:
+            return every
+        return every[every != state.witness] if probed else every[state.witness:state.witness + 1]
 
     # -- the search's steps, as generators of requests ----------------------------------------
     def first_passing(self, state: _PromptState, sets: Sequence[torch.Tensor]) -> Search[tuple[int, list[float]]]:
@@ -169,6 +210,7 @@ class Refinement:
         request as fit the batch and stops at the first chunk that contains a passing set."""
         per_call = self.sets_per_call(state)
         seen: list[float] = []
+        state.fails_from = state.tau
         for begin in range(0, len(sets), per_call):
             chunk = yield state, list(sets[begin:begin + per_call])
             for offset, score in enumerate(chunk):
@@ -231,6 +273,7 @@ class Refinement:
         while position < len(groups):
             keep_rate = (kept + 1) / (position + 2)   # Laplace estimate from this pass's decisions
             tree = speculation_tree(current, groups[position:], keep_rate, per_call)
+            state.fails_from = state.drop_edge   # the group is kept
             scores = yield state, list(tree.values())
             outcome = dict(zip(tree, scores, strict=True))
             decisions: tuple[bool, ...] = ()

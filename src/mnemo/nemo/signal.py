@@ -266,8 +266,13 @@ class SearchSignal:
                     ) -> list[torch.Tensor]:
         """`scores` of several prompts' requests (latents, cond, unblocked maps, sets) in one pass:
         every (set, sample) pair of every request is one batch row with its own prompt and mask."""
+        return [s.max(dim=1).values if len(s) else torch.empty(0) for s in self.sample_scores_many(requests)]
+
+    def sample_scores_many(self, requests: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]],
+                           ) -> list[torch.Tensor]:
+        """Per-sample scores of `scores_many`'s requests: (sets, samples) per request."""
         if not any(len(sets) for *_, sets in requests):
-            return [torch.empty(0) for _ in requests]
+            return [torch.empty(0, len(latents)) for latents, *_ in requests]
         rows_latents, rows_cond, rows_masks, rows_unblocked, shapes = [], [], [], [], []
         for latents, cond, unblocked, sets in requests:
             k, n = len(latents), len(sets)
@@ -282,7 +287,7 @@ class SearchSignal:
         per_row = self.compare(torch.cat(rows_unblocked), blocked)
         out, begin = [], 0
         for n, k in shapes:
-            out.append(per_row[begin:begin + n * k].view(n, k).max(dim=1).values if n else torch.empty(0))
+            out.append(per_row[begin:begin + n * k].view(n, k))
             begin += n * k
         return out
 
