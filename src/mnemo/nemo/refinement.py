@@ -38,7 +38,7 @@ import torch
 
 from mnemo.nemo.blocking import ValueLayer, neuron_count
 from mnemo.nemo.selection import as_mask
-from mnemo.nemo.signal import SearchSignal
+from mnemo.nemo.signal import SearchSignal, set_scores
 
 MODES = ("lockstep", "sequential", "speculative")
 # Scores closer than this to the refinement threshold count as equal to it (not below): what one
@@ -73,6 +73,13 @@ class _PromptState:
         return score < self.drop_edge
 
 
+def _drawn_samples(state: _PromptState, samples: torch.Tensor) -> _PromptState:
+    """The prompt's state restricted to some of its samples (itself when every one is drawn)."""
+    if len(samples) == len(state.latents):
+        return state
+    return replace(state, latents=state.latents[samples], unblocked=state.unblocked[samples])
+
+
 # What a search asks for: the candidate sets of one prompt to score; it is sent their scores back.
 Request = tuple[_PromptState, list[torch.Tensor]]
 Search = Generator[Request, list[float], Result]
@@ -103,7 +110,7 @@ class Refinement:
     def scores_many(self, requests: Sequence[Request]) -> list[torch.Tensor]:
         """Scores of several prompts' requests, in one batched signal computation: the max over
         each set's samples."""
-        return [s.max(dim=1).values if s.numel() else torch.empty(0) for s in self.sample_scores_many(requests)]
+        return set_scores(self.sample_scores_many(requests))
 
     def sample_scores_many(self, requests: Sequence[Request]) -> list[torch.Tensor]:
         """Per-sample scores of several prompts' requests: (sets, samples) each."""
@@ -165,8 +172,7 @@ class Refinement:
             began, calls = time.perf_counter(), count_calls()
             order = list(pending)
             drawn = [self._samples_to_draw(pending[i], i in probed) for i in order]
-            scored = self.sample_scores_many([(replace(pending[i][0], latents=pending[i][0].latents[samples],
-                                                       unblocked=pending[i][0].unblocked[samples]), pending[i][1])
+            scored = self.sample_scores_many([(_drawn_samples(pending[i][0], samples), pending[i][1])
                                               for i, samples in zip(order, drawn, strict=True)])
             rows = [len(samples) * len(pending[i][1]) for i, samples in zip(order, drawn, strict=True)]
             round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began

@@ -134,6 +134,12 @@ def memorization_threshold(reference_pairwise: torch.Tensor) -> float:
 # The search signal: what a candidate neuron set is tested on
 # ---------------------------------------------------------------------------------------------
 
+def set_scores(per_sample: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each set's score from its samples' (sets, samples) scores: the max, since a set removes the
+    memorization only if it does so for every sample."""
+    return [s.max(dim=1).values if len(s) else torch.empty(0) for s in per_sample]
+
+
 def projection(blocked: torch.Tensor, unblocked: torch.Tensor) -> torch.Tensor:
     """Per sample, <blocked, unblocked> / |unblocked|^2: how much of the unblocked signal is left.
 
@@ -266,7 +272,7 @@ class SearchSignal:
                     ) -> list[torch.Tensor]:
         """`scores` of several prompts' requests (latents, cond, unblocked maps, sets) in one pass:
         every (set, sample) pair of every request is one batch row with its own prompt and mask."""
-        return [s.max(dim=1).values if len(s) else torch.empty(0) for s in self.sample_scores_many(requests)]
+        return set_scores(self.sample_scores_many(requests))
 
     def sample_scores_many(self, requests: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]],
                            ) -> list[torch.Tensor]:
