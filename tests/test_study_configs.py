@@ -72,3 +72,17 @@ def test_the_paper_signal_overlay_searches_as_the_paper_does():
         assert config["localize"][key] == paper[key], key
     assert not config["localize"]["sample_check"]["enabled"]
     assert "nemo_checked" not in config["variants"]["cfg"]["mitigations"]
+
+
+def test_the_xray_signal_overlay_differs_from_the_paper_signal_overlay_in_the_signal_alone():
+    def localize(*names):
+        config, _ = check_config([ROOT / f"config/study/{n}.yaml" for n in ("one_variant", *names)], ROOT)
+        return config
+
+    xray, paper, demo = localize("xray_signal"), localize("paper_signal"), localize()
+    for key in ("signal", "signal_step", "score"):
+        assert xray["localize"][key] == demo["localize"][key] != paper["localize"][key], key
+    assert {k: v for k, v in xray["localize"].items() if k not in ("signal", "signal_step", "score")} == {
+        k: v for k, v in paper["localize"].items() if k not in ("signal", "signal_step", "score")
+    }
+    assert xray["variants"] == paper["variants"]
