@@ -86,3 +86,14 @@ def test_the_xray_signal_overlay_differs_from_the_paper_signal_overlay_in_the_si
         k: v for k, v in paper["localize"].items() if k not in ("signal", "signal_step", "score")
     }
     assert xray["variants"] == paper["variants"]
+
+
+@pytest.mark.parametrize("unet", [[], ["unet_sd_shaped"]], ids=["demo_unet", "sd_shaped_unet"])
+def test_the_latent_overlay_makes_every_variant_denoise_32px_latents_of_64px_images(unet):
+    from mnemo.config import _vae_downsampling
+
+    files = [ROOT / "config/study/latent_small_vae.yaml", *(ROOT / f"config/study/{n}.yaml" for n in unet)]
+    config, _ = check_config(files, ROOT)
+    for name, variant in config["variants"].items():
+        vae = config["vaes"][variant["vae"]]
+        assert config["dataset"]["resolution"] // _vae_downsampling(vae) == 32, name
