@@ -97,3 +97,8 @@ def test_the_latent_overlay_makes_every_variant_denoise_32px_latents_of_64px_ima
     for name, variant in config["variants"].items():
         vae = config["vaes"][variant["vae"]]
         assert config["dataset"]["resolution"] // _vae_downsampling(vae) == 32, name
+
+
+def test_the_localize_planted_overlay_searches_the_planted_prompts_alone():
+    config, _ = check_config([ROOT / "config/study/localize_planted.yaml"], ROOT)
+    assert config["localize"]["prompts"] == "memorized"
