@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -173,7 +174,7 @@ def test_greedy_pruning_finds_the_essential_neurons_in_every_mode(tiny_model, mo
     assert sum(witness_rows) <= sum(seq_rows) - 3 * failing
 
 
-def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model, monkeypatch):
+def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model, monkeypatch, capfd):
     """Float noise from the batch shape must not decide: one neuron's removal scores just above the
     drop edge when its set is scored alone (as one by one does) and just below it in a bigger batch."""
     essential, borderline = [2, 17, 35], 9
@@ -205,6 +206,7 @@ def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model
                                                                            ("q", TINY_PROMPTS[1])])]
     assert found["sequential"] == [sorted(essential + [borderline])] * 2
     assert found["lockstep"] == found["speculative"] == found["sequential"]
+    assert re.search(r"lockstep search: 100%.* 2/2 .*rounds=\d+, rows=\d+", capfd.readouterr().err)
 
 
 class _SampleCheckStub:

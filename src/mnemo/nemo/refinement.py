@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 from mnemo.nemo.blocking import ValueLayer, neuron_count
 from mnemo.nemo.selection import as_mask
@@ -148,12 +149,16 @@ class Refinement:
             return stop.value
 
     def run_lockstep(self, searches: Sequence[Search[Result]], costs: Sequence[SearchCost],
-                     count_calls: Callable[[], int] = lambda: 0) -> list[Result]:
+                     count_calls: Callable[[], int] = lambda: 0, progress: bool = True) -> list[Result]:
         """Drive many prompts' searches together: each round scores every pending request in one
         batched signal computation (`scores_many`), then sends each prompt its scores.
-        A prompt's setup (its first request) is timed and counted on its own."""
+        A prompt's setup (its first request) is timed and counted on its own. The progress bar
+        counts finished prompts; a long search otherwise prints nothing for an hour."""
         results: list[Result] = [None] * len(searches)  # type: ignore[list-item]
         pending: dict[int, Request] = {}
+        bar = tqdm(total=len(searches), desc="lockstep search", unit="prompt", mininterval=10,
+                   disable=not progress)
+        rounds = scored_rows = 0
 
         def advance(index: int, scores: list[float] | None) -> None:
             try:
@@ -161,6 +166,7 @@ class Refinement:
             except StopIteration as stop:
                 results[index] = stop.value
                 pending.pop(index, None)
+                bar.update()
 
         for index in range(len(searches)):
             began, calls = time.perf_counter(), count_calls()
@@ -176,6 +182,8 @@ class Refinement:
                                               for i, samples in zip(order, drawn, strict=True)])
             rows = [len(samples) * len(pending[i][1]) for i, samples in zip(order, drawn, strict=True)]
             round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began
+            rounds, scored_rows = rounds + 1, scored_rows + sum(rows)
+            bar.set_postfix(rounds=rounds, rows=scored_rows, refresh=False)
             for i, samples, n, per_sample in zip(order, drawn, rows, scored, strict=True):
                 began, calls = time.perf_counter(), count_calls()
                 state, sets = pending[i]
@@ -197,6 +205,7 @@ class Refinement:
                     advance(i, [float(full.max())])
                 costs[i].unet_calls += round_calls * n / sum(rows) + count_calls() - calls
                 costs[i].seconds += round_seconds * n / sum(rows) + time.perf_counter() - began
+        bar.close()
         return results
 
     def _samples_to_draw(self, request: Request, probed: bool) -> torch.Tensor:
