@@ -184,6 +184,7 @@ class Refinement:
             round_calls, round_seconds = count_calls() - calls, time.perf_counter() - began
             rounds, scored_rows = rounds + 1, scored_rows + sum(rows)
             bar.set_postfix(rounds=rounds, rows=scored_rows, refresh=False)
+            bar.update(0)   # shows the round count between finished prompts, at most every mininterval
             for i, samples, n, per_sample in zip(order, drawn, rows, scored, strict=True):
                 began, calls = time.perf_counter(), count_calls()
                 state, sets = pending[i]
