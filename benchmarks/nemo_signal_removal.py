@@ -13,8 +13,14 @@ removal on this model. This prints, per prompt group, at the paper's timestep (i
   searched blocks blocked, against the unblocked one (what the search's score compares);
 - blocked memorization: the pairwise score again, with everything blocked.
 
+With `--xray`, the same question for the X-ray search signal instead (the guidance direction at
+DDIM step 3, projection score, tau per prompt from the reference prompts, as `config.yaml`
+searches): how much of each prompt's guidance direction is left with every searched neuron
+blocked, against that prompt's tau.
+
     python benchmarks/nemo_signal_removal.py --demo results             # the demo's cfg model
     python benchmarks/nemo_signal_removal.py --demo results --blocks down mid up
+    python benchmarks/nemo_signal_removal.py --demo results --xray --groups planted --blocks down mid
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ sys.path.insert(0, str(REPO))
 from mnemo.diffusion.model import DiffusionModel  # noqa: E402
 from mnemo.diffusion.sample import initial_noise, sample_seed  # noqa: E402
 from mnemo.nemo.blocking import NeuronBlocker, neuron_count, value_layers  # noqa: E402
-from mnemo.nemo.signal import ms_ssim, normalize_maps, signal_timestep, ssim_kernel_size  # noqa: E402
+from mnemo.nemo.localize import LocalizeConfig  # noqa: E402
+from mnemo.nemo.signal import (  # noqa: E402
+    SearchSignal,
+    ms_ssim,
+    normalize_maps,
+    projection,
+    signal_timestep,
+    ssim_kernel_size,
+)
 
 BETAS = (0.33, 0.33, 0.33)
 
@@ -47,6 +61,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="base seed (localize.seed)")
     parser.add_argument("--indices", type=int, nargs="+", default=[1, 0], help="timestep indices of the 50-step schedule")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--xray", action="store_true", help="the X-ray search signal instead (see above)")
+    parser.add_argument("--signal-step", type=int, default=3, help="with --xray: DDIM step of the 25-step schedule")
+    parser.add_argument("--groups", nargs="+", help="only these prompt groups (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,6 +72,10 @@ def main() -> None:
     root = Path(args.demo)
     model = DiffusionModel.from_pretrained(root / "models" / args.variant / "pipeline")
     prompts = pq.read_table(root / "prompts" / "prompts.parquet").to_pylist()
+    if args.xray:
+        xray_removal(model, prompts, args)
+        return
+    prompts = [p for p in prompts if not args.groups or p["group"] in args.groups]
     tau = json.loads((root / "detect" / args.variant / "threshold.json").read_text())["tau"]
     layers = value_layers(model.unet, args.blocks)
     everything = torch.ones(neuron_count(layers), dtype=torch.bool)
@@ -87,6 +108,39 @@ def main() -> None:
             print(f"| {group} | {len(values)} | {statistics.median(mem):.3f} | {sum(m > tau for m in mem)} | "
                   f"{statistics.median(against):.3f} | {sum(a <= tau for a in against)} | "
                   f"{statistics.median(blocked_mem):.3f} | {sum(b > tau for b in blocked_mem)} |")
+
+
+def xray_removal(model: DiffusionModel, prompts: list[dict], args: argparse.Namespace) -> None:
+    """Share of each prompt's guidance direction left with every searched neuron blocked, beside
+    the prompt's projection tau (mean + 1 std of the reference prompts' projections onto it)."""
+    config = LocalizeConfig(blocks=tuple(args.blocks), samples=args.samples, seed=args.seed,
+                            signal="guidance_direction", signal_step=args.signal_step, score="projection")
+    layers = value_layers(model.unet, config.blocks)
+    with torch.no_grad():
+        reference = model.encode_prompts([p["prompt"] for p in prompts if p["reference"]])
+    signal = SearchSignal(model, layers, config, reference)
+    print(f"{args.variant}: guidance direction at DDIM step {args.signal_step} of {config.steps}, projection "
+          f"score; blocking all {neuron_count(layers)} value neurons of {args.blocks}; {args.samples} seeds "
+          f"per prompt; tau per prompt from {len(reference)} reference prompts")
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for prompt in prompts:
+        if args.groups and prompt["group"] not in args.groups:
+            continue
+        seeds = [sample_seed(prompt["prompt_id"], i, args.seed) for i in range(args.samples)]
+        x = initial_noise(seeds, model.sample_shape)
+        with torch.no_grad():
+            cond = model.encode_prompts([prompt["prompt"]])
+        unblocked = signal.raw(x, cond, None)
+        blocked = signal.raw(x, cond, torch.ones(len(x), neuron_count(layers), dtype=torch.bool))
+        left = float(projection(blocked, unblocked).max())
+        rows.setdefault(prompt["group"], []).append((left, signal.projection_threshold(x, unblocked)))
+    print("| prompts | n | tau (median) | all blocked: signal left (median of the max over seeds) | "
+          "all blocked passes (<= its tau) |")
+    print("|---|---|---|---|---|")
+    for group, values in sorted(rows.items()):
+        left, taus = zip(*values, strict=True)
+        print(f"| {group} | {len(values)} | {statistics.median(taus):.3f} | {statistics.median(left):.3f} | "
+              f"{sum(v <= t for v, t in values)} |")
 
 
 if __name__ == "__main__":
