@@ -102,3 +102,13 @@ def test_the_latent_overlay_makes_every_variant_denoise_32px_latents_of_64px_ima
 def test_the_localize_planted_overlay_searches_the_planted_prompts_alone():
     config, _ = check_config([ROOT / "config/study/localize_planted.yaml"], ROOT)
     assert config["localize"]["prompts"] == "memorized"
+
+
+def test_the_up_blocks_overlay_searches_every_value_layer_of_the_sd_shaped_unet():
+    files = [ROOT / "config/study/unet_sd_shaped.yaml", ROOT / "config/study/search_up_blocks.yaml"]
+    config, _ = check_config(files, ROOT)
+    model = ModelConfig.from_dict(config["model"])
+    unet = build_unet(model.unet, model.text_encoder.hidden_size)
+    searched = value_layers(unet, config["localize"]["blocks"])
+    assert {layer.name for layer in searched} == {name for name, _ in unet.named_modules() if name.endswith("attn2.to_v")}
+    assert neuron_count(searched) == 2432   # 1,088 down + mid and 1,344 up
