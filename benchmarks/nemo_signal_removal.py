@@ -71,11 +71,11 @@ def main() -> None:
 
     root = Path(args.demo)
     model = DiffusionModel.from_pretrained(root / "models" / args.variant / "pipeline")
-    prompts = pq.read_table(root / "prompts" / "prompts.parquet").to_pylist()
+    every_prompt = pq.read_table(root / "prompts" / "prompts.parquet").to_pylist()
+    prompts = [p for p in every_prompt if not args.groups or p["group"] in args.groups]
     if args.xray:
-        xray_removal(model, prompts, args)
+        xray_removal(model, prompts, [p["prompt"] for p in every_prompt if p["reference"]], args)
         return
-    prompts = [p for p in prompts if not args.groups or p["group"] in args.groups]
     tau = json.loads((root / "detect" / args.variant / "threshold.json").read_text())["tau"]
     layers = value_layers(model.unet, args.blocks)
     everything = torch.ones(neuron_count(layers), dtype=torch.bool)
@@ -110,22 +110,21 @@ def main() -> None:
                   f"{statistics.median(blocked_mem):.3f} | {sum(b > tau for b in blocked_mem)} |")
 
 
-def xray_removal(model: DiffusionModel, prompts: list[dict], args: argparse.Namespace) -> None:
+def xray_removal(model: DiffusionModel, prompts: list[dict], reference_prompts: list[str],
+                 args: argparse.Namespace) -> None:
     """Share of each prompt's guidance direction left with every searched neuron blocked, beside
     the prompt's projection tau (mean + 1 std of the reference prompts' projections onto it)."""
     config = LocalizeConfig(blocks=tuple(args.blocks), samples=args.samples, seed=args.seed,
                             signal="guidance_direction", signal_step=args.signal_step, score="projection")
     layers = value_layers(model.unet, config.blocks)
     with torch.no_grad():
-        reference = model.encode_prompts([p["prompt"] for p in prompts if p["reference"]])
+        reference = model.encode_prompts(reference_prompts)
     signal = SearchSignal(model, layers, config, reference)
     print(f"{args.variant}: guidance direction at DDIM step {args.signal_step} of {config.steps}, projection "
           f"score; blocking all {neuron_count(layers)} value neurons of {args.blocks}; {args.samples} seeds "
           f"per prompt; tau per prompt from {len(reference)} reference prompts")
     rows: dict[str, list[tuple[float, float]]] = {}
     for prompt in prompts:
-        if args.groups and prompt["group"] not in args.groups:
-            continue
         seeds = [sample_seed(prompt["prompt_id"], i, args.seed) for i in range(args.samples)]
         x = initial_noise(seeds, model.sample_shape)
         with torch.no_grad():

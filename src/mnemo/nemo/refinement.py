@@ -149,15 +149,15 @@ class Refinement:
             return stop.value
 
     def run_lockstep(self, searches: Sequence[Search[Result]], costs: Sequence[SearchCost],
-                     count_calls: Callable[[], int] = lambda: 0, progress: bool = True) -> list[Result]:
+                     count_calls: Callable[[], int] = lambda: 0) -> list[Result]:
         """Drive many prompts' searches together: each round scores every pending request in one
         batched signal computation (`scores_many`), then sends each prompt its scores.
         A prompt's setup (its first request) is timed and counted on its own. The progress bar
-        counts finished prompts; a long search otherwise prints nothing for an hour."""
+        (finished prompts, rounds, scored rows) is there because a long search otherwise prints
+        nothing for an hour."""
         results: list[Result] = [None] * len(searches)  # type: ignore[list-item]
         pending: dict[int, Request] = {}
-        bar = tqdm(total=len(searches), desc="lockstep search", unit="prompt", mininterval=10,
-                   disable=not progress)
+        bar = tqdm(total=len(searches), desc="lockstep search", unit="prompt", mininterval=10)
         rounds = scored_rows = 0
 
         def advance(index: int, scores: list[float] | None) -> None:
