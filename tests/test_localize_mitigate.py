@@ -131,14 +131,15 @@ class _Oracle:
         return torch.tensor([0.0 if bool(s[self.essential].all()) else 1.0 for s in sets])
 
 
-def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0.0, witness_first=True):
+def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0.0, witness_first=True,
+            log=lambda message: None):
     layers = value_layers(tiny_model.unet)
     total = neuron_count(layers)
     stats = ReferenceStats(torch.zeros(total, dtype=torch.float64), torch.ones(total, dtype=torch.float64), 1)
     localizer = Localizer(tiny_model, layers, stats, tau=0.5,
                           config=LocalizeConfig(mode=mode, samples=4, steps=3, batch_size=64, theta=theta,
                                                 witness_first=witness_first),
-                          sample_check=sample_check)
+                          sample_check=sample_check, log=log)
     oracle = _Oracle(essential)
     calls, rows = [], []
 
@@ -152,6 +153,17 @@ def _search(tiny_model, mode, essential, monkeypatch, sample_check=None, theta=0
     # memorized by construction: every unblocked sample is above tau
     monkeypatch.setattr("mnemo.nemo.signal.per_sample_max", lambda p, pairs, n: torch.ones(1, n))
     return localizer.localize("p", TINY_PROMPTS[0]), calls, rows
+
+
+def test_each_search_logs_its_selection_and_the_tests_its_neuron_pass_has_left(tiny_model, monkeypatch):
+    messages = []
+    result, _, _ = _search(tiny_model, "lockstep", [2, 17, 35], monkeypatch, log=messages.append)
+    assert len(messages) == 2, messages
+    selection, layer_pass = messages
+    assert selection.startswith(f"p: selection at theta {result.theta:g}")
+    assert f": {len(result.initial_neurons)} neurons, blocked score 0.000" in selection
+    kept = int(re.search(r"layer pass kept (\d+) neurons; (\d+) single-neuron tests", layer_pass).group(1))
+    assert len(result.refined_neurons) == 3 <= kept <= len(result.initial_neurons)
 
 
 @pytest.mark.parametrize("essential", [[2, 17, 35],                                   # a few neurons

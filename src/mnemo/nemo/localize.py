@@ -149,8 +149,10 @@ class Localizer:
 
     def __init__(self, model: DiffusionModel, layers: Sequence[ValueLayer], stats: ReferenceStats, tau: float,
                  config: LocalizeConfig, score_tau: float | None = None, reference_prompts: Sequence[str] = (),
-                 sample_check: SampleCheck | None = None, signal: SearchSignal | None = None):
+                 sample_check: SampleCheck | None = None, signal: SearchSignal | None = None,
+                 log: Callable[[str], object] = lambda message: None):
         self.model = model
+        self.log = log   # each search's stages as it reaches them: a long search's only sign of progress
         self.sample_check = sample_check
         self.layers = list(layers)
         self.stats = stats
@@ -250,7 +252,11 @@ class Localizer:
         result.initial_neurons = torch.nonzero(initial).flatten().tolist()
         result.initial_score = scores[chosen]
         state.threshold = state.tau
-        if found == len(sets):
+        relaxed = found == len(sets)
+        self.log(f"{prompt_id}: selection at theta {result.theta:g} (top-k {result.top_k}): "
+                 f"{len(result.initial_neurons)} neurons, blocked score {result.initial_score:.3f} against tau "
+                 f"{state.tau:.3f}" + (f"; no selection passes (on_no_pass: {c.on_no_pass})" if relaxed else ""))
+        if relaxed:
             # a failing score may be a lower bound (witness_first), and a relaxed threshold must not
             # depend on the batch shape: score the widest selection alone
             result.initial_score = self.refinement.settle(state, initial, result.initial_score)
@@ -264,8 +270,9 @@ class Localizer:
         # wider selections first (the sample check may need them; their signal score is not drawn yet)
         chain: Chain = [(wider, None) for wider in reversed(sets[chosen + 1:])]
         chain.append((initial, result.initial_score))
-        current, score = yield from self.refinement.refine(state, selections[chosen], result.initial_score,
-                                                           self.layers, chain)
+        current, score = yield from self.refinement.refine(
+            state, selections[chosen], result.initial_score, self.layers, chain,
+            lambda kept, tests: self.log(f"{prompt_id}: layer pass kept {kept} neurons; {tests} single-neuron tests follow"))
         result.refined_neurons = torch.nonzero(current).flatten().tolist()
         result.refined_score = float(score)
         result.success = result.refined_score <= state.tau
@@ -433,7 +440,7 @@ def localize_prompts(model: DiffusionModel, prompts: pa.Table, flagged: Sequence
     compared = len(flagged) if compare_modes is True else int(compare_modes)
     modes = [config.mode, other_mode] if compared > 0 else [config.mode]
     localizers = {mode: Localizer(model, layers, stats, tau, replace(config, mode=mode), score_tau,
-                                  sample_check=sample_check, signal=signal)
+                                  sample_check=sample_check, signal=signal, log=log)
                   for mode in modes}
     pairs = [(prompt_id, texts[prompt_id]) for prompt_id in flagged]
     results = []

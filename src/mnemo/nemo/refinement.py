@@ -237,9 +237,12 @@ class Refinement:
         return len(sets), seen
 
     def refine(self, state: _PromptState, selection: Sequence[Sequence[int]], score: float,
-               layers: Sequence[ValueLayer], chain: Chain) -> Search[tuple[torch.Tensor, float]]:
+               layers: Sequence[ValueLayer], chain: Chain,
+               after_layers: Callable[[int, int], object] = lambda kept, tests: None,
+               ) -> Search[tuple[torch.Tensor, float]]:
         """NeMo's refinement of a selection (per-layer index lists in selection order): whole layers,
-        then single neurons, each pass from the last layer back to the first.
+        then single neurons, each pass from the last layer back to the first. `after_layers` hears
+        the neurons the layer pass kept and the single-neuron tests to come (one round each).
 
         The official code keeps the selection as lists, duplicates included, and un-blocks one
         neuron with `list.remove`. Removing one copy of a neuron listed twice leaves the blocked set
@@ -256,6 +259,7 @@ class Refinement:
             if any(current[n] for n in selected):
                 order += list(selected)
                 remaining.update(selected)
+        after_layers(int(current.sum()), len(order))
         position = 0
         while position < len(order):
             if remaining[order[position]] > 1:   # another copy keeps it blocked: the set is unchanged
