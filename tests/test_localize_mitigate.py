@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import pytest
 import torch
@@ -17,7 +18,13 @@ from mnemo.nemo.blocking import (
     value_layers,
 )
 from mnemo.nemo.localize import LocalizeConfig, Localizer
-from mnemo.nemo.refinement import TIE_TOLERANCE, speculation_tree
+from mnemo.nemo.refinement import (
+    TIE_TOLERANCE,
+    Refinement,
+    SearchCost,
+    _PromptState,
+    speculation_tree,
+)
 from mnemo.nemo.sample_check import SampleCheckConfig
 from mnemo.nemo.selection import ReferenceStats, reference_statistics
 from mnemo.nemo.signal import projection
@@ -184,6 +191,27 @@ def test_greedy_pruning_finds_the_essential_neurons_in_every_mode(tiny_model, mo
     failing = sum(1 for n in essential if n in sequential.initial_neurons) + 1   # essential neurons, the first layer
     assert sum(witness_rows) < sum(seq_rows) and len(witness_calls) > len(seq_calls)
     assert sum(witness_rows) <= sum(seq_rows) - 3 * failing
+
+
+def test_lockstep_progress_keeps_counting_rounds_after_a_prompt_has_finished(monkeypatch, capfd):
+    """A search of 8 prompts once showed 1/8 and then nothing for the hour its other prompts took."""
+    monkeypatch.setattr("mnemo.nemo.refinement.PROGRESS_INTERVAL", 0.01)
+    refinement = Refinement(signal=None, mode="lockstep")
+
+    def sample_scores_many(requests):
+        time.sleep(0.03)   # a round outlasts the refresh interval
+        return [torch.zeros(len(sets), len(state.latents)) for state, sets in requests]
+
+    def search(tests):
+        state = _PromptState(torch.zeros(2, 1), torch.zeros(1, 1, 1), torch.zeros(2, 1))
+        for _ in range(tests):
+            yield state, [torch.zeros(4, dtype=torch.bool)]
+        return tests
+
+    monkeypatch.setattr(refinement, "sample_scores_many", sample_scores_many)
+    assert refinement.run_lockstep([search(1), search(6)], [SearchCost(), SearchCost()]) == [1, 6]
+    shown = capfd.readouterr().err
+    assert re.search(r"1/2 .*rounds=4, rows=10\]", shown), shown
 
 
 def test_batched_modes_settle_near_ties_in_the_one_by_one_batch_shape(tiny_model, monkeypatch, capfd):

@@ -49,6 +49,8 @@ TIE_TOLERANCE = 1e-5
 # shape. Above the batch-shape noise (2e-6 in fp32 on CPU), so that no decision can flip; below
 # TIE_TOLERANCE less that noise, so that an exact tie at the threshold is not scored twice.
 SETTLE_BAND = 5e-6
+# Seconds between refreshes of the lockstep search's progress bar.
+PROGRESS_INTERVAL = 10.0
 
 # The sets the pruning accepted, widest first, with their scores (None: not scored yet).
 Chain = list[tuple[torch.Tensor, float | None]]
@@ -157,7 +159,9 @@ class Refinement:
         nothing for an hour."""
         results: list[Result] = [None] * len(searches)  # type: ignore[list-item]
         pending: dict[int, Request] = {}
-        bar = tqdm(total=len(searches), desc="lockstep search", unit="prompt", mininterval=10)
+        # miniters=0: tqdm's default adapts miniters to the prompt rate, after which update(0) never redraws
+        bar = tqdm(total=len(searches), desc="lockstep search", unit="prompt", mininterval=PROGRESS_INTERVAL,
+                   miniters=0)
         rounds = scored_rows = 0
 
         def advance(index: int, scores: list[float] | None) -> None:
