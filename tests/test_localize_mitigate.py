@@ -168,7 +168,7 @@ def test_each_search_logs_its_selection_and_the_tests_its_neuron_pass_has_left(t
     assert len(messages) == 2, messages
     selection, layer_pass = messages
     assert selection.startswith(f"p: selection at theta {result.theta:g}")
-    assert f": {len(result.initial_neurons)} neurons, blocked score 0.000" in selection
+    assert f": {len(result.initial_neurons)} neurons, blocked score {result.initial_score:.3f}" in selection
     kept = int(re.search(r"layer pass kept (\d+) neurons; (\d+) single-neuron tests", layer_pass).group(1))
     assert len(result.refined_neurons) == 3 <= kept <= len(result.initial_neurons)
 

@@ -253,13 +253,14 @@ class Localizer:
         result.initial_score = scores[chosen]
         state.threshold = state.tau
         relaxed = found == len(sets)
-        self.log(f"{prompt_id}: selection at theta {result.theta:g} (top-k {result.top_k}): "
-                 f"{len(result.initial_neurons)} neurons, blocked score {result.initial_score:.3f} against tau "
-                 f"{state.tau:.3f}" + (f"; no selection passes (on_no_pass: {c.on_no_pass})" if relaxed else ""))
         if relaxed:
             # a failing score may be a lower bound (witness_first), and a relaxed threshold must not
             # depend on the batch shape: score the widest selection alone
             result.initial_score = self.refinement.settle(state, initial, result.initial_score)
+        self.log(f"{prompt_id}: selection at theta {result.theta:g} (top-k {result.top_k}): "
+                 f"{len(result.initial_neurons)} neurons, blocked score {result.initial_score:.3f} against tau "
+                 f"{state.tau:.3f}" + (f"; no selection passes (on_no_pass: {c.on_no_pass})" if relaxed else ""))
+        if relaxed:
             if c.on_no_pass == "report":
                 return result, state, []  # even the widest selection leaves the signal: report, don't prune
             result.relaxed = True
