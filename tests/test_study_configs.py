@@ -112,3 +112,12 @@ def test_the_up_blocks_overlay_searches_every_value_layer_of_the_sd_shaped_unet(
     searched = value_layers(unet, config["localize"]["blocks"])
     assert {layer.name for layer in searched} == {name for name, _ in unet.named_modules() if name.endswith("attn2.to_v")}
     assert neuron_count(searched) == 2432   # 1,088 down + mid and 1,344 up
+
+
+def test_the_short_vae_overlay_shortens_the_latent_candidates_vae_training_alone():
+    latent = ROOT / "config/study/latent_small_vae.yaml"
+    long, _ = check_config([latent], ROOT)
+    short, _ = check_config([latent, ROOT / "config/study/vae_short.yaml"], ROOT)
+    assert short["vaes"]["study_vae"]["train"].pop("steps") == 500
+    assert long["vaes"]["study_vae"]["train"].pop("steps") == 2000
+    assert short == long
