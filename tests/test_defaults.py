@@ -87,8 +87,7 @@ DEMO_DEPARTURES = {
     "localize.signal": "the paper's noise difference cannot see the demo model's copying (docs/findings.md)",
     "localize.signal_step": "the demo's guidance direction is read three steps in (docs/findings.md)",
     "localize.score": "the demo's guidance direction is scored by projection (docs/findings.md)",
-    "localize.sample_check.enabled": "the demo's refined sets still copy without it (docs/findings.md)",
-    "localize.compare_modes": "the demo also measures the other mode's cost and agreement",
+    "localize.prompts": "the demo searches its planted prompts, as NeMo searches a given list; its detection flags 30 of 32",
     "mitigations": "the demo compares every mitigation kind",
     "report.title": "the demo's own title",
 }

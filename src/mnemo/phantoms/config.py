@@ -28,7 +28,7 @@ class PhantomConfig:
 
     seed: int = 0
     patients: int = 200
-    valid_patients: int = 20
+    valid_patients: int = 200
     studies_per_patient: tuple[int, int] = (1, 3)
     lateral_fraction: float = 0.25
     size: int = 256
