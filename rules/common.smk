@@ -107,10 +107,13 @@ def latents_file(name):
 
 
 def train_inputs(wildcards):
-    """What a variant's training reads besides the cache: the pipeline it fine-tunes, its VAE and latents."""
+    """What a variant's training reads besides the cache: the pipeline it fine-tunes or whose text
+    encoder it trains against, its VAE and latents."""
     inputs = {}
     if pretrained(wildcards.variant):
         inputs["pretrained"] = pretrained(wildcards.variant)
+    if config["variants"][wildcards.variant].get("text_encoder"):
+        inputs["text_encoder"] = config["variants"][wildcards.variant]["text_encoder"]
     name = vae_of(wildcards.variant)
     if name is not None:
         inputs.update(vae=vae_folder(name), latents=latents_file(name))

@@ -9,7 +9,7 @@ with job(snakemake) as log:
         summary=snakemake.output.summary, checkpoint_dir=snakemake.params.checkpoint_dir,
         model=snakemake.params.model, train=snakemake.params.train, device=str(device_of(snakemake)),
         threads=snakemake.threads, pretrained=snakemake.input.get("pretrained"), vae=snakemake.input.get("vae"),
-        latents=snakemake.input.get("latents"),
+        latents=snakemake.input.get("latents"), text_encoder=snakemake.input.get("text_encoder"),
     )
     processes = int(snakemake.resources.get("gpu", 0))
     log.info("training %s (%s process(es))", snakemake.wildcards.variant, max(processes, 1))

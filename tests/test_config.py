@@ -110,6 +110,23 @@ def test_latent_and_fine_tuned_resolutions_are_checked_before_any_job(config, tm
         validate(latent_only, SCHEMA)
 
 
+def test_a_given_text_encoder_is_checked_before_any_job(config, tmp_path):
+    """variants.<name>.text_encoder: a pipeline folder with text_encoder/ and tokenizer/, not beside pretrained."""
+    (tmp_path / "pipe" / "text_encoder").mkdir(parents=True)
+    (tmp_path / "pipe" / "text_encoder" / "config.json").write_text("{}")
+    (tmp_path / "pipe" / "tokenizer").mkdir()
+    config["variants"]["cfg"]["text_encoder"] = str(tmp_path / "pipe")
+    validate(copy.deepcopy(config), SCHEMA)
+    missing = copy.deepcopy(config)
+    missing["variants"]["cfg"]["text_encoder"] = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': .*nothing has no text_encoder/config.json"):
+        validate(missing, SCHEMA)
+    both = copy.deepcopy(config)
+    both["variants"]["cfg"]["pretrained"] = str(tmp_path / "pipe")
+    with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': .*pretrained or text_encoder, not both"):
+        validate(both, SCHEMA)
+
+
 def test_text_column_must_be_in_the_csv_header(config, tmp_path):
     from tests import radiograph_files as rf
 

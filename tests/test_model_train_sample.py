@@ -201,3 +201,31 @@ def test_stable_diffusion_schedule_is_a_config_value():
     assert torch.allclose(noise_scheduler.betas, expected_betas)
     ddim = ddim_scheduler(SimpleNamespace(scheduler=noise_scheduler, vae=None, device="cpu"), 50)
     assert ddim.timesteps[:2].tolist() == [981, 961] and ddim.timesteps[-1].item() == 1
+
+
+def test_unet_trains_against_a_given_frozen_text_encoder(tmp_path, tiny_images):
+    """`variants.<name>.text_encoder`: SD's setup, a new UNet trained against a pipeline's text
+    encoder, which stays as it was; the saved pipeline carries that encoder and its tokenizer."""
+    from mnemo.diffusion.training_job import TrainingJob, run_training_job
+    from tests.test_distributed_training import write_tiny_cache
+
+    wide = dict(TINY_MODEL, text_encoder=dict(TINY_MODEL["text_encoder"], hidden_size=24))
+    given = DiffusionModel.from_config(ModelConfig.from_dict(wide), TINY_PROMPTS, seed=3)
+    given.save_pretrained(tmp_path / "given")
+    before = {k: v.clone() for k, v in given.text_encoder.state_dict().items()}
+    job = TrainingJob(
+        cache=str(write_tiny_cache(tmp_path / "cache", tiny_images, TINY_PROMPTS)),
+        model_dir=str(tmp_path / "pipeline"), history=str(tmp_path / "log.csv"),
+        summary=str(tmp_path / "summary.json"), checkpoint_dir=str(tmp_path / "checkpoints"),
+        model=TINY_MODEL, train={"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2},
+        text_encoder=str(tmp_path / "given"),
+    )
+    run_training_job(job, log=lambda *_: None)
+    trained = DiffusionModel.from_pretrained(tmp_path / "pipeline")
+    assert trained.unet.config.cross_attention_dim == 24  # the given encoder's width, not model.text_encoder's 16
+    after = trained.text_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(trained.token_ids(TINY_PROMPTS), given.token_ids(TINY_PROMPTS))
+    initial = DiffusionModel.from_config(ModelConfig.from_dict(TINY_MODEL), TINY_PROMPTS, seed=0,
+                                         text_encoder_from=tmp_path / "given").unet.state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in trained.unet.state_dict().items())  # the UNet learned

@@ -170,6 +170,17 @@ def _check_trained_variants(config: Mapping[str, Any]) -> None:
         if not xray and variant.get("pretrained") and "train" in variant:
             raise ConfigError(f"config key 'variants.{name}.train': fine-tuning needs an X-ray dataset "
                               "(dataset.source phantoms or chexpert)")
+        if variant.get("text_encoder"):
+            if variant.get("pretrained"):
+                raise ConfigError(f"config key 'variants.{name}.text_encoder': a pretrained pipeline has its own "
+                                  "text encoder; give pretrained or text_encoder, not both")
+            if not xray:
+                raise ConfigError(f"config key 'variants.{name}.text_encoder': training against a given text "
+                                  "encoder needs an X-ray dataset (dataset.source phantoms or chexpert)")
+            root = Path(variant["text_encoder"])
+            if not (root / "text_encoder" / "config.json").is_file() or not (root / "tokenizer").is_dir():
+                raise ConfigError(f"config key 'variants.{name}.text_encoder': {root} has no text_encoder/config.json "
+                                  "and tokenizer/ (give a diffusers pipeline folder)")
         if variant.get("vae") and not trains:
             raise ConfigError(f"config key 'variants.{name}.vae': a pretrained pipeline used as it is has its "
                               "own VAE; give train to fine-tune it in this one's latent space")

@@ -136,6 +136,18 @@ def build_noise_scheduler(config: SchedulerConfig):
     )
 
 
+def load_text_encoder(root: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, int]:
+    """A pipeline folder's `text_encoder/` and `tokenizer/`, and the prompt length they take."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    root = Path(root)
+    if not (root / "text_encoder" / "config.json").is_file() or not (root / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{root} has no text_encoder/config.json and tokenizer/ (a diffusers pipeline folder)")
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    return text_encoder, tokenizer, min(int(tokenizer.model_max_length), text_encoder.config.max_position_embeddings)
+
+
 @dataclass
 class DiffusionModel:
     """UNet + text encoder + tokenizer + scheduler (+ VAE for latent models)."""
@@ -150,20 +162,29 @@ class DiffusionModel:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: ModelConfig, prompts: list[str], seed: int = 0) -> DiffusionModel:
-        """A fresh, randomly initialised pixel-space model whose vocabulary covers `prompts`."""
-        from mnemo.data.prompts import build_tokenizer
+    def from_config(cls, config: ModelConfig, prompts: list[str], seed: int = 0,
+                    text_encoder_from: str | Path | None = None) -> DiffusionModel:
+        """A fresh, randomly initialised pixel-space model whose vocabulary covers `prompts`, or, with
+        `text_encoder_from`, a fresh UNet that cross-attends to that folder's text encoder (SD's setup:
+        a pretrained encoder, a UNet trained against it)."""
+        if text_encoder_from is not None:
+            text_encoder, tokenizer, max_length = load_text_encoder(text_encoder_from)
+            torch.manual_seed(seed)
+            unet = build_unet(config.unet, int(text_encoder.config.hidden_size))
+        else:
+            from mnemo.data.prompts import build_tokenizer
 
-        tokenizer = build_tokenizer(prompts, config.text_encoder.max_length)
-        torch.manual_seed(seed)
-        text_encoder = build_text_encoder(config.text_encoder, tokenizer)
-        unet = build_unet(config.unet, config.text_encoder.hidden_size)
+            tokenizer = build_tokenizer(prompts, config.text_encoder.max_length)
+            torch.manual_seed(seed)
+            text_encoder = build_text_encoder(config.text_encoder, tokenizer)
+            unet = build_unet(config.unet, config.text_encoder.hidden_size)
+            max_length = config.text_encoder.max_length
         return cls(
             unet=unet,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             scheduler=build_noise_scheduler(config.scheduler),
-            max_length=config.text_encoder.max_length,
+            max_length=max_length,
         )
 
     @classmethod
@@ -171,7 +192,6 @@ class DiffusionModel:
                         dtype: torch.dtype = torch.float32) -> DiffusionModel:
         """Load our saved models and diffusers Stable Diffusion folders alike (local paths only)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
 
         root = Path(path)
         if not (root / "unet" / "config.json").is_file():
@@ -180,8 +200,7 @@ class DiffusionModel:
                 "v1.4 download CompVis/stable-diffusion-v1-4 (diffusers format) and give its local path."
             )
         unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        text_encoder, tokenizer, max_length = load_text_encoder(root, dtype)
         scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
         vae = None
         if (root / "vae" / "config.json").is_file():
@@ -193,7 +212,7 @@ class DiffusionModel:
             tokenizer=tokenizer,
             scheduler=scheduler,
             vae=vae,
-            max_length=min(int(tokenizer.model_max_length), text_encoder.config.max_position_embeddings),
+            max_length=max_length,
             image_channels=index.get("mnemo_image_channels"),
         )
         model.eval()

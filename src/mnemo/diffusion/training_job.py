@@ -32,6 +32,7 @@ class TrainingJob:
     pretrained: str | None = None  # pipeline folder to fine-tune (None: a model built from `model`)
     vae: str | None = None  # AutoencoderKL folder of a latent model
     latents: str | None = None  # that VAE's latents of the cache (mnemo.diffusion.vae.save_latents)
+    text_encoder: str | None = None  # pipeline folder whose text encoder a new UNet is trained against
 
 
 def run_training_job(job: TrainingJob, device: str | torch.device | None = None, log=print,
@@ -65,7 +66,12 @@ def run_training_job(job: TrainingJob, device: str | torch.device | None = None,
         if vae is not None:  # the UNet denoises the VAE's latents
             model_config.unet.channels, model_config.unet.resolution = samples.shape[1], samples.shape[-1]
             model_config.unet.__post_init__()
-        model = DiffusionModel.from_config(model_config, prompts, seed=train_config.seed)
+        if job.text_encoder is not None:
+            if train_config.train_text_encoder is None:
+                train_config.train_text_encoder = False  # a given encoder stays as it is, as SD's CLIP
+            parts = [{"text_encoder": str(Path(job.text_encoder).resolve())}, *parts]
+        model = DiffusionModel.from_config(model_config, prompts, seed=train_config.seed,
+                                           text_encoder_from=job.text_encoder)
     if vae is not None:
         model.vae = vae
         model.image_channels = int(cache_images(cache.slice(0, 1)).shape[1])
