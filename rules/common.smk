@@ -75,11 +75,15 @@ def trained(variant):
     return not pretrained(variant) or "train" in config["variants"][variant]
 
 
-def model_dir(wildcards):
+def model_folder(variant):
     """A variant's model: trained by the workflow, or a local pretrained diffusers folder."""
-    if trained(wildcards.variant):
-        return f"{R}/models/{wildcards.variant}/pipeline"
-    return pretrained(wildcards.variant)
+    if trained(variant):
+        return f"{R}/models/{variant}/pipeline"
+    return pretrained(variant)
+
+
+def model_dir(wildcards):
+    return model_folder(wildcards.variant)
 
 
 def vae_of(variant):
@@ -112,8 +116,11 @@ def train_inputs(wildcards):
     inputs = {}
     if pretrained(wildcards.variant):
         inputs["pretrained"] = pretrained(wildcards.variant)
-    if config["variants"][wildcards.variant].get("text_encoder"):
-        inputs["text_encoder"] = config["variants"][wildcards.variant]["text_encoder"]
+    source = config["variants"][wildcards.variant].get("text_encoder")
+    if source in config["variants"]:  # another variant's model: trained by this workflow or given
+        inputs["text_encoder"] = model_folder(source)
+    elif source:
+        inputs["text_encoder"] = source
     name = vae_of(wildcards.variant)
     if name is not None:
         inputs.update(vae=vae_folder(name), latents=latents_file(name))

@@ -111,7 +111,8 @@ def test_latent_and_fine_tuned_resolutions_are_checked_before_any_job(config, tm
 
 
 def test_a_given_text_encoder_is_checked_before_any_job(config, tmp_path):
-    """variants.<name>.text_encoder: a pipeline folder with text_encoder/ and tokenizer/, not beside pretrained."""
+    """variants.<name>.text_encoder: another variant (run too) or a pipeline folder with text_encoder/ and
+    tokenizer/, not beside pretrained."""
     (tmp_path / "pipe" / "text_encoder").mkdir(parents=True)
     (tmp_path / "pipe" / "text_encoder" / "config.json").write_text("{}")
     (tmp_path / "pipe" / "tokenizer").mkdir()
@@ -119,8 +120,17 @@ def test_a_given_text_encoder_is_checked_before_any_job(config, tmp_path):
     validate(copy.deepcopy(config), SCHEMA)
     missing = copy.deepcopy(config)
     missing["variants"]["cfg"]["text_encoder"] = str(tmp_path / "nothing")
-    with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': .*nothing has no text_encoder/config.json"):
+    with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': .*nothing is neither a variant nor a folder"):
         validate(missing, SCHEMA)
+    from_variant = copy.deepcopy(config)
+    from_variant["variants"]["cfg"]["text_encoder"] = "nocfg"
+    validate(copy.deepcopy(from_variant), SCHEMA)
+    from_variant["run_variants"] = ["cfg"]
+    with pytest.raises(ConfigError, match=r"'run_variants': variant 'cfg' takes the text encoder of 'nocfg'"):
+        validate(copy.deepcopy(from_variant), SCHEMA)
+    from_variant["variants"]["cfg"]["text_encoder"] = "cfg"
+    with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': 'cfg' must be another variant"):
+        validate(from_variant, SCHEMA)
     both = copy.deepcopy(config)
     both["variants"]["cfg"]["pretrained"] = str(tmp_path / "pipe")
     with pytest.raises(ConfigError, match=r"'variants.cfg.text_encoder': .*pretrained or text_encoder, not both"):

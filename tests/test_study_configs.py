@@ -121,3 +121,19 @@ def test_the_short_vae_overlay_shortens_the_latent_candidates_vae_training_alone
     assert short["vaes"]["study_vae"]["train"].pop("steps") == 500
     assert long["vaes"]["study_vae"]["train"].pop("steps") == 2000
     assert short == long
+
+
+def test_the_pretrained_text_encoder_overlay_trains_cfg_against_the_donors_encoder(tmp_path):
+    """Planned, not run: cfg's training reads the donor's pipeline, so the donor trains first."""
+    from tests.workflow import planned_jobs, snakemake
+
+    overlay = ROOT / "config/study/text_encoder_pretrained.yaml"
+    config, _ = check_config([ROOT / "config/study/one_variant.yaml", overlay], ROOT)
+    assert config["variants"]["cfg"]["text_encoder"] == "donor" and set(config["variants"]) == {"cfg", "donor"}
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--forceall",
+                                  configfiles=(ROOT / "config" / "test.yaml", overlay)).stdout)
+    trains = [job for job in jobs if job["rule"] == "train"]
+    assert len(trains) == 2
+    inputs = [p for job in trains for p in job["input"]]
+    assert any(p.endswith("models/donor/pipeline") for p in inputs)
+    assert not any(p.endswith("models/cfg/pipeline") for p in inputs)

@@ -100,6 +100,11 @@ def select_variants(config: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"config key 'run_variants': {', '.join(map(repr, unknown))} not defined under 'variants' "
                           f"(defined: {', '.join(config.get('variants', {}))})")
+    for name in names:
+        donor = config["variants"][name].get("text_encoder")
+        if donor in config["variants"] and donor not in names:
+            raise ConfigError(f"config key 'run_variants': variant '{name}' takes the text encoder of '{donor}': "
+                              "run that one too")
     config["variants"] = {name: config["variants"][name] for name in names}
 
 
@@ -177,13 +182,24 @@ def _check_trained_variants(config: Mapping[str, Any]) -> None:
             if not xray:
                 raise ConfigError(f"config key 'variants.{name}.text_encoder': training against a given text "
                                   "encoder needs an X-ray dataset (dataset.source phantoms or chexpert)")
-            root = Path(variant["text_encoder"])
-            if not (root / "text_encoder" / "config.json").is_file() or not (root / "tokenizer").is_dir():
-                raise ConfigError(f"config key 'variants.{name}.text_encoder': {root} has no text_encoder/config.json "
-                                  "and tokenizer/ (give a diffusers pipeline folder)")
+            _check_text_encoder_source(config["variants"], name)
         if variant.get("vae") and not trains:
             raise ConfigError(f"config key 'variants.{name}.vae': a pretrained pipeline used as it is has its "
                               "own VAE; give train to fine-tune it in this one's latent space")
+
+
+def _check_text_encoder_source(variants: Mapping[str, Any], name: str) -> None:
+    """`text_encoder` names another variant (one with its own encoder) or a pipeline folder."""
+    source = variants[name]["text_encoder"]
+    if source in variants:
+        if source == name or variants[source].get("text_encoder") in variants:
+            raise ConfigError(f"config key 'variants.{name}.text_encoder': '{source}' must be another variant "
+                              "that learns or has its own text encoder")
+        return
+    root = Path(source)
+    if not (root / "text_encoder" / "config.json").is_file() or not (root / "tokenizer").is_dir():
+        raise ConfigError(f"config key 'variants.{name}.text_encoder': {root} is neither a variant nor a folder "
+                          "with text_encoder/config.json and tokenizer/ (a diffusers pipeline folder)")
 
 
 def _vae_downsampling(vae: Mapping[str, Any]) -> int:
