@@ -220,7 +220,8 @@ def test_unet_trains_against_a_given_frozen_text_encoder(tmp_path, tiny_images):
         model=TINY_MODEL, train={"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2},
         text_encoder=str(tmp_path / "given"),
     )
-    run_training_job(job, log=lambda *_: None)
+    logged: list[str] = []
+    run_training_job(job, log=logged.append)
     trained = DiffusionModel.from_pretrained(tmp_path / "pipeline")
     assert trained.unet.config.cross_attention_dim == 24  # the given encoder's width, not model.text_encoder's 16
     after = trained.text_encoder.state_dict()
@@ -229,3 +230,8 @@ def test_unet_trains_against_a_given_frozen_text_encoder(tmp_path, tiny_images):
     initial = DiffusionModel.from_config(ModelConfig.from_dict(TINY_MODEL), TINY_PROMPTS, seed=0,
                                          text_encoder_from=tmp_path / "given").unet.state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in trained.unet.state_dict().items())  # the UNet learned
+    # another encoder in the same folder (a donor retrained in place) is another recipe: no resume
+    DiffusionModel.from_config(ModelConfig.from_dict(wide), TINY_PROMPTS, seed=4).save_pretrained(tmp_path / "given")
+    run_training_job(job, log=logged.append)
+    fingerprints = [line.rsplit(" ", 1)[-1] for line in logged if "fingerprint" in line]
+    assert len(fingerprints) == 2 and fingerprints[0] != fingerprints[1]

@@ -141,8 +141,6 @@ def load_text_encoder(root: str | Path, dtype: torch.dtype = torch.float32) -> t
     from transformers import AutoTokenizer, CLIPTextModel
 
     root = Path(root)
-    if not (root / "text_encoder" / "config.json").is_file() or not (root / "tokenizer").is_dir():
-        raise FileNotFoundError(f"{root} has no text_encoder/config.json and tokenizer/ (a diffusers pipeline folder)")
     text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     return text_encoder, tokenizer, min(int(tokenizer.model_max_length), text_encoder.config.max_position_embeddings)

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from mnemo.diffusion.model import DiffusionModel, ModelConfig
-from mnemo.diffusion.train import TrainConfig, TrainResult, fingerprint, process_group, train
+from mnemo.diffusion.train import (
+    TrainConfig,
+    TrainResult,
+    fingerprint,
+    process_group,
+    train,
+    weights_digest,
+)
 
 
 @dataclass
@@ -66,12 +73,13 @@ def run_training_job(job: TrainingJob, device: str | torch.device | None = None,
         if vae is not None:  # the UNet denoises the VAE's latents
             model_config.unet.channels, model_config.unet.resolution = samples.shape[1], samples.shape[-1]
             model_config.unet.__post_init__()
+        model = DiffusionModel.from_config(model_config, prompts, seed=train_config.seed,
+                                           text_encoder_from=job.text_encoder)
         if job.text_encoder is not None:
             if train_config.train_text_encoder is None:
                 train_config.train_text_encoder = False  # a given encoder stays as it is, as SD's CLIP
-            parts = [{"text_encoder": str(Path(job.text_encoder).resolve())}, *parts]
-        model = DiffusionModel.from_config(model_config, prompts, seed=train_config.seed,
-                                           text_encoder_from=job.text_encoder)
+            # its weights, not its path: a donor variant retrained in place must not resume old checkpoints
+            parts = [{"text_encoder": weights_digest(model.text_encoder)}, *parts]
     if vae is not None:
         model.vae = vae
         model.image_channels = int(cache_images(cache.slice(0, 1)).shape[1])
